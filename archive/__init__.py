@@ -1,0 +1,1 @@
+"""Causerie archive package."""

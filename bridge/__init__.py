@@ -1,0 +1,1 @@
+"""Causerie bridge package."""

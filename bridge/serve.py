@@ -1,0 +1,58 @@
+"""`causerie serve`: every part of the service as a task of one asyncio loop.
+
+The parts are listed once, in `services()`. Each is an object with `start()` and `stop()`
+coroutines; `run()` starts them in order, waits for SIGTERM/SIGINT (or for one part to
+fail), and stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+from bridge.app import App
+
+log = logging.getLogger("causerie.serve")
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def services(app: App) -> list[Service]:
+    """The parts `serve` runs, in start order."""
+    return []
+
+
+async def run(app: App, parts: list[Service] | None = None,
+              stop_event: asyncio.Event | None = None) -> None:
+    app.check()
+    parts = services(app) if parts is None else parts
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Service] = []
+    try:
+        for part in parts:
+            await part.start()
+            started.append(part)
+            log.info("started %s", part.name)
+        log.info("causerie is running (%s); stop with Ctrl-C or SIGTERM",
+                 ", ".join(p.name for p in started) or "no network services")
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for part in reversed(started):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("while stopping %s", part.name)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

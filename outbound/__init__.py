@@ -1,0 +1,1 @@
+"""Causerie outbound package."""
