@@ -10,10 +10,12 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from bridge.addresses import AddressRouter
+from bridge.blobs import BlobStore
 from bridge.clock import Clock, SystemClock
 from bridge.db import check_schema, make_engine, session_scope
-from bridge.models import Community
+from bridge.models import Community, InboxItem
 from bridge.settings import Settings
+from bridge.tokens import token_checker
 
 
 @dataclass
@@ -34,6 +36,14 @@ class App:
         return make_engine(self.settings.database_url, reader=True)
 
     @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.settings.store_dir)
+
+    def raw_mail(self, item: InboxItem) -> bytes:
+        """The exact bytes of a received message, from its row or the content store."""
+        return item.raw if item.raw is not None else self.blobs.get(item.sha256)
+
+    @cached_property
     def secret(self) -> bytes:
         return self.settings.secret_key()
 
@@ -52,7 +62,8 @@ class App:
                 select(table.c.id).where(table.c.slug == slug)).first() is not None
 
     def router(self) -> AddressRouter:
-        return AddressRouter(self.settings.instance.domains, self.community_exists)
+        return AddressRouter(self.settings.instance.domains, self.community_exists,
+                             token_checker(self.secret))
 
     def dispose(self) -> None:
         for name in ("engine", "reader"):
