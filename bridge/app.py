@@ -56,7 +56,7 @@ class App:
         return session_scope(self.engine)
 
     def community_exists(self, slug: str) -> bool:
-        with Session(self.engine) as session:
+        with Session(self.reader) as session:
             table = Community.__table__  # type: ignore[attr-defined]
             return session.execute(
                 select(table.c.id).where(table.c.slug == slug)).first() is not None

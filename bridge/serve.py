@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.app import App
+
+if TYPE_CHECKING:
+    from inbound.store import InboxWriter
 
 log = logging.getLogger("causerie.serve")
 
@@ -27,7 +30,44 @@ class Service(Protocol):
 
 def services(app: App) -> list[Service]:
     """The parts `serve` runs, in start order."""
-    return []
+    from bridge import wiring
+    from inbound.processor import ProcessorService
+    from inbound.smtp import ClientLimits, GatewayHandler, GatewayServer
+    from inbound.store import InboxWriter
+
+    settings = app.settings
+    writer = InboxWriter(app.engine, app.blobs, settings.processor.inline_raw_limit, app.clock)
+    limits = ClientLimits(settings.smtp.max_connections_per_client,
+                          settings.smtp.max_messages_per_minute_per_client)
+    router = app.router()
+    hostname = settings.instance.primary_domain
+    parts: list[Service] = [
+        _Writer(writer),
+        GatewayServer(GatewayHandler(router, writer, settings.smtp, limits, "smtp"),
+                      settings.smtp, hostname, host=settings.smtp.host, port=settings.smtp.port),
+    ]
+    if settings.smtp.lmtp_host or settings.smtp.lmtp_socket:
+        parts.append(GatewayServer(
+            GatewayHandler(router, writer, settings.smtp, limits, "lmtp"), settings.smtp,
+            hostname, host=settings.smtp.lmtp_host, port=settings.smtp.lmtp_port,
+            unix_path=settings.smtp.lmtp_socket))
+    parts.append(ProcessorService(wiring.processor(app), writer.arrived))
+    return parts
+
+
+class _Writer:
+    """The inbox writer's group-commit task, as a Service."""
+
+    name = "inbox writer"
+
+    def __init__(self, writer: InboxWriter) -> None:
+        self.writer = writer
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
 
 
 async def run(app: App, parts: list[Service] | None = None,

@@ -53,7 +53,7 @@ Handler = Callable[[argparse.Namespace, Context], int | None]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridge.cli import admin, communities, members
+    from bridge.cli import admin, communities, inbox, members
 
     parser = argparse.ArgumentParser(
         prog="causerie",
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="settings file (default: $CAUSERIE_CONFIG, else ./settings.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (admin, communities, members):
+    for module in (admin, communities, members, inbox):
         module.register(commands)
     return parser
 

@@ -1,0 +1,203 @@
+"""Parse step: raw bytes into the project's own `ParsedMail`, once per message.
+
+mail-parser does the MIME walk and decoding (RFC 2047 words, broken charsets); this module
+turns its result into a typed, normalised record and never raises on bad mail: what is
+wrong is recorded in `defects` and a sensible value is used instead (the arrival time for a
+missing or future date, a Message-ID derived from the content when there is none, so that
+an MTA retrying the same message yields the same id).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+
+import mailparser
+
+from bridge.addresses import normalise_address
+
+# mail-parser logs "Email content 'mixed' not handled" for every multipart it walks.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+_MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_MAX_FUTURE = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    payload: bytes
+    inline: bool
+    content_id: str
+
+
+@dataclass
+class ParsedMail:
+    message: Message                     # the stdlib message, for header-level rules
+    message_id: str                      # without angle brackets
+    in_reply_to: str
+    references: list[str]
+    subject: str
+    from_address: str                    # normalised ("" when missing or invalid)
+    from_name: str
+    to: list[str]
+    cc: list[str]
+    date: datetime                       # aware UTC
+    text: str                            # the text/plain body ("" when none)
+    html: str                            # the text/html body as sent ("" when none)
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        """A header's decoded value ("" when absent)."""
+        value = self.message.get(name)
+        return decode_words(str(value)) if value is not None else ""
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words, tolerating unknown charsets and bad encodings."""
+    if "=?" not in value:
+        return " ".join(value.split())
+    try:
+        return " ".join(str(make_header(decode_header(value))).split())
+    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+        parts = []
+        for chunk, charset in decode_header(value):
+            if isinstance(chunk, bytes):
+                try:
+                    parts.append(chunk.decode(charset or "ascii", "replace"))
+                except LookupError:
+                    parts.append(chunk.decode("latin-1"))
+            else:
+                parts.append(chunk)
+        return " ".join("".join(parts).split())
+
+
+def message_ids(value: str) -> list[str]:
+    """The ids in an In-Reply-To or References header, in order, without brackets."""
+    ids = _MSGID_RE.findall(value)
+    if not ids and value.strip() and " " not in value.strip():
+        ids = [value.strip().strip("<>")]  # a bare id, as some clients write it
+    unique: list[str] = []
+    for value_id in ids:
+        if value_id not in unique:
+            unique.append(value_id)
+    return unique
+
+
+def derived_message_id(raw: bytes, domain: str) -> str:
+    return f"causerie-{hashlib.sha256(raw).hexdigest()[:32]}@{domain}"
+
+
+def _addresses(values: list[str]) -> list[str]:
+    result = []
+    for _, addr in getaddresses([decode_words(v) for v in values]):
+        normal = normalise_address(addr)
+        if normal and normal not in result:
+            result.append(normal)
+    return result
+
+
+def _date(message: Message, received_at: datetime, defects: list[str]) -> datetime:
+    value = message.get("Date")
+    if value is None:
+        defects.append("no Date header: the arrival time is used")
+        return received_at
+    try:
+        parsed = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        defects.append(f"unreadable Date {str(value)[:60]!r}: the arrival time is used")
+        return received_at
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed.astimezone(UTC)
+    if parsed > received_at + _MAX_FUTURE:
+        defects.append("Date in the future: clamped to the arrival time")
+        return received_at
+    if parsed.year < 1980:
+        defects.append("Date before 1980: the arrival time is used")
+        return received_at
+    return parsed
+
+
+def _bodies(parsed: mailparser.MailParser) -> tuple[str, str]:
+    text = "\n".join(part for part in parsed.text_plain if part)
+    html = "\n".join(part for part in parsed.text_html if part)
+    return text, html
+
+
+def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Attachment]:
+    result = []
+    for item in parsed.attachments:
+        payload = item.get("payload") or ""
+        try:
+            data = (base64.b64decode(payload) if item.get("binary")
+                    else payload.encode("utf-8", "surrogateescape"))
+        except (ValueError, TypeError):
+            defects.append(f"attachment {item.get('filename')!r} could not be decoded")
+            continue
+        disposition = (item.get("content-disposition") or "").lower()
+        content_id = (item.get("content-id") or "").strip().strip("<>")
+        result.append(Attachment(
+            filename=decode_words(item.get("filename") or "")[:255] or "attachment",
+            content_type=(item.get("mail_content_type") or "application/octet-stream").lower(),
+            payload=data,
+            inline=disposition.startswith("inline") or (bool(content_id)
+                                                        and not disposition),
+            content_id=content_id,
+        ))
+    return result
+
+
+def parse(raw: bytes, *, received_at: datetime, domain: str) -> ParsedMail:
+    """Parse raw mail; never raises for malformed input (see `defects`)."""
+    defects: list[str] = []
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+        message = parsed.message
+        text, html = _bodies(parsed)
+        attachments = _attachments(parsed, defects)
+        defects.extend(str(d) for d in (parsed.defects_categories or []))
+    except Exception as exc:  # mail-parser fails in many ways on bad mail
+        defects.append(f"MIME structure unreadable ({type(exc).__name__}): kept as text")
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        payload = message.get_payload(decode=True) if not message.is_multipart() else b""
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        html, attachments = "", []
+
+    raw_id = message_ids(str(message.get("Message-ID", "")))
+    if raw_id:
+        message_id = raw_id[0][:900]
+    else:
+        message_id = derived_message_id(raw, domain)
+        defects.append("no Message-ID: one was derived from the content")
+    from_name, from_addr = parseaddr(decode_words(str(message.get("From", ""))))
+    from_address = normalise_address(from_addr) if from_addr else ""
+    if not from_address:
+        defects.append("no valid From address")
+    return ParsedMail(
+        message=message,
+        message_id=message_id,
+        in_reply_to=(message_ids(str(message.get("In-Reply-To", ""))) or [""])[0],
+        references=message_ids(str(message.get("References", "")))[-50:],
+        subject=decode_words(str(message.get("Subject", "")))[:998],
+        from_address=from_address,
+        from_name=from_name.strip().strip('"')[:200],
+        to=_addresses(message.get_all("To", []) or []),
+        cc=_addresses(message.get_all("Cc", []) or []),
+        date=_date(message, received_at, defects),
+        text=text,
+        html=html,
+        attachments=attachments,
+        defects=defects,
+    )

@@ -1,0 +1,79 @@
+"""Who sent a message, in SQLAlchemy Core (the processor's hot path): person, membership,
+staff or guest. The administrative, ORM versions of these live in `bridge.directory`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select
+
+from bridge.addresses import domain_of
+from bridge.models import Address, Membership, OrganisationDomain, Person
+from bridge.settings import Settings
+
+_address = Address.__table__  # type: ignore[attr-defined]
+_person = Person.__table__  # type: ignore[attr-defined]
+_membership = Membership.__table__  # type: ignore[attr-defined]
+_orgdomain = OrganisationDomain.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Sender:
+    person_id: int | None
+    address: str
+    kind: str                 # staff or guest
+    language: str
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    role: str
+    delivery_mode: str
+
+
+def is_staff_address(settings: Settings, address: str) -> bool:
+    domain = domain_of(address)
+    return any(domain == d or domain.endswith("." + d) for d in settings.instance.staff_domains)
+
+
+def find_sender(connection: Connection, settings: Settings, address: str) -> Sender:
+    row = connection.execute(
+        select(_person.c.id, _person.c.kind, _person.c.language)
+        .join(_address, _address.c.person_id == _person.c.id)
+        .where(_address.c.email == address)).first()
+    staff = is_staff_address(settings, address)
+    if row is None:
+        return Sender(None, address, "staff" if staff else "guest", "")
+    kind = row.kind or ("staff" if staff else "guest")
+    return Sender(int(row.id), address, kind, row.language or "")
+
+
+def ensure_sender(connection: Connection, sender: Sender, name: str, now: datetime) -> int:
+    """The sender's person id, creating the person (and address) on first contact."""
+    if sender.person_id is not None:
+        return sender.person_id
+    organisation = connection.execute(select(_orgdomain.c.organisation_id).where(
+        _orgdomain.c.domain == domain_of(sender.address))).scalar()
+    person_id = connection.execute(insert(_person).values(
+        display_name=name[:200], language="", timezone="", kind=None,
+        organisation_id=organisation, digest_time="", digest_weekday="", own_copies=False,
+        created_at=now).returning(_person.c.id)).scalar_one()
+    connection.execute(insert(_address).values(email=sender.address, person_id=person_id,
+                                               primary=True))
+    return int(person_id)
+
+
+def membership(connection: Connection, community_id: int, person_id: int | None
+               ) -> MemberInfo | None:
+    if person_id is None:
+        return None
+    row = connection.execute(select(_membership.c.role, _membership.c.delivery_mode).where(
+        _membership.c.community_id == community_id,
+        _membership.c.person_id == person_id)).first()
+    return MemberInfo(row.role, row.delivery_mode) if row else None
+
+
+def person_addresses(connection: Connection, person_id: int) -> set[str]:
+    return set(connection.execute(select(_address.c.email).where(
+        _address.c.person_id == person_id)).scalars())

@@ -1,0 +1,467 @@
+"""The processor: pending inbox rows become conversations, in arrival order.
+
+A pass has three phases, so that the database's write lock is never held during CPU work:
+
+1. claim (short transaction): the due rows, oldest first, leased by pushing their
+   `next_attempt_at` forward (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so instances share the
+   work; a crashed instance's lease simply expires);
+2. prepare (no transaction): parse → classify → extract, each a plain function;
+3. commit (one transaction for the batch, a savepoint per message): for each recipient
+   route, authorise → thread → store, or hand the message to a handler (commands, bounces,
+   moderation, ...), and record the row's final status and reason.
+
+A message that raises is marked failed with a short reason and retried with backoff; it
+never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, insert, select, update
+from sqlmodel import Session
+
+from bridge.addresses import AddressRouter, NotOurDomain, Route, RouteKind, UnknownAddress
+from bridge.app import App
+from bridge.events import Bounce, Handlers, IncomingMail, Outcome
+from bridge.fanout import fan_out
+from bridge.models import Attachment, Community, Conversation, Held, InboxItem, Message
+from bridge.tokens import read_token
+from inbound.authorise import authorise
+from inbound.classify import ClassifierConfig, Verdict, classify, parse_dsn
+from inbound.extract import Extracted, extract
+from inbound.parse import ParsedMail, parse
+from inbound.people import ensure_sender, find_sender, membership
+from inbound.threader import (
+    choose_conversation,
+    count_message,
+    create_conversation,
+    relink_children,
+)
+
+log = logging.getLogger("causerie.inbound.processor")
+
+_inbox = InboxItem.__table__  # type: ignore[attr-defined]
+_community = Community.__table__  # type: ignore[attr-defined]
+_conversation = Conversation.__table__  # type: ignore[attr-defined]
+_message = Message.__table__  # type: ignore[attr-defined]
+_attachment = Attachment.__table__  # type: ignore[attr-defined]
+_held = Held.__table__  # type: ignore[attr-defined]
+
+LEASE = timedelta(minutes=5)
+NOT_POSTED = ("bounce", "feedback", "auto_reply", "loop")
+
+
+@dataclass
+class Prepared:
+    """One claimed inbox row after the CPU work."""
+
+    row: Row[Any]
+    raw: bytes = b""
+    parsed: ParsedMail | None = None
+    verdict: Verdict | None = None
+    extracted: Extracted | None = None
+    dmarc: str = "none"
+    error: str = ""
+
+
+@dataclass
+class RowResult:
+    outcomes: list[tuple[str, str]] = field(default_factory=list)  # (status, reason)
+    kind: str = ""
+
+    def add(self, status: str, reason: str) -> None:
+        self.outcomes.append((status, reason))
+
+    def final(self) -> tuple[str, str]:
+        statuses = [status for status, _ in self.outcomes]
+        for status in ("done", "held", "rejected", "discarded"):
+            if status in statuses:
+                break
+        else:
+            status = "discarded"
+        reason = "; ".join(dict.fromkeys(reason for _, reason in self.outcomes if reason))
+        return status, reason[:2000]
+
+
+def classifier_config(app: App) -> ClassifierConfig:
+    domain = app.settings.instance.primary_domain
+    return ClassifierConfig(instance_name=app.settings.instance.name,
+                            our_domains=app.settings.instance.domains,
+                            list_ids=(f"*.{domain}",))
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+
+
+class Processor:
+    def __init__(self, app: App, handlers: Handlers | None = None, *, fan_out: bool = True,
+                 notify: bool = True) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.handlers = handlers or Handlers()
+        self.fan_out = fan_out
+        self.notify = notify
+        # Routes are matched on their form here; communities are looked up inside the
+        # transaction (a second connection would wait on our own write lock).
+        self.router = AddressRouter(app.settings.instance.domains, lambda slug: True)
+        self.classifier = classifier_config(app)
+
+    # --- phase 1: claim ---------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Row[Any]]:
+        now = self.app.clock.now()
+        with self.app.engine.begin() as connection:
+            query = (select(_inbox.c.id).where(
+                _inbox.c.status.in_(("pending", "failed")), _inbox.c.next_attempt_at <= now,
+                _inbox.c.attempts < self.settings.processor.max_attempts)
+                .order_by(_inbox.c.id).limit(limit))
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(connection.execute(query).scalars())
+            if not ids:
+                return []
+            connection.execute(update(_inbox).where(_inbox.c.id.in_(ids))
+                               .values(next_attempt_at=now + LEASE))
+            return list(connection.execute(
+                select(_inbox.c.id, _inbox.c.raw, _inbox.c.sha256, _inbox.c.mail_from,
+                       _inbox.c.rcpt_to, _inbox.c.kind, _inbox.c.received_at,
+                       _inbox.c.attempts, _inbox.c.source)
+                .where(_inbox.c.id.in_(ids)).order_by(_inbox.c.id)).all())
+
+    # --- phase 2: prepare -------------------------------------------------------------------
+
+    def prepare(self, row: Row[Any], store: bool = True) -> Prepared:
+        prepared = Prepared(row)
+        try:
+            prepared.raw = row.raw if row.raw is not None else self.app.blobs.get(row.sha256)
+            parsed = parse(prepared.raw, received_at=row.received_at,
+                           domain=self.settings.instance.primary_domain)
+            prepared.parsed = parsed
+            prepared.verdict = classify(parsed.message, row.mail_from, self.classifier)
+            prepared.dmarc = self.sender_authentication(parsed)
+            if prepared.verdict.kind not in NOT_POSTED:
+                prepared.extracted = extract(parsed, self.app.blobs if store else None,
+                                             self.settings.processor.max_attachment_size)
+        except Exception as exc:
+            log.exception("could not prepare inbox #%d", row.id)
+            prepared.error = f"{type(exc).__name__}: {exc}"[:500]
+        return prepared
+
+    def sender_authentication(self, parsed: ParsedMail) -> str:
+        trusted = self.settings.processor.trusted_authserv_ids
+        if not trusted:
+            return "none"
+        from inbound.authresults import parse_authentication_results, sender_verdict
+
+        return sender_verdict(parse_authentication_results(parsed.message, trusted))
+
+    # --- phase 3: commit --------------------------------------------------------------------
+
+    def commit(self, batch: list[Prepared]) -> None:
+        with self.app.engine.begin() as connection:
+            for prepared in batch:
+                inbox_id = prepared.row.id
+                status_now = connection.execute(select(_inbox.c.status).where(
+                    _inbox.c.id == inbox_id)).scalar()
+                if status_now not in ("pending", "failed"):
+                    continue  # another instance finished it while we prepared
+                savepoint = connection.begin_nested()
+                try:
+                    if prepared.error:
+                        raise RuntimeError(prepared.error)
+                    result = self.handle(connection, prepared)
+                    status, reason = result.final()
+                    savepoint.commit()
+                except Exception as exc:
+                    savepoint.rollback()
+                    self._failed(connection, prepared, exc)
+                    continue
+                connection.execute(update(_inbox).where(_inbox.c.id == inbox_id).values(
+                    status=status, kind=result.kind, reason=reason,
+                    attempts=prepared.row.attempts + 1, processed_at=self.app.clock.now()))
+                log.info("inbox #%d <%s>: %s %s (%s)", inbox_id,
+                         prepared.parsed.message_id if prepared.parsed else "?", result.kind,
+                         status, reason)
+
+    def _failed(self, connection: Connection, prepared: Prepared, exc: Exception) -> None:
+        attempts = prepared.row.attempts + 1
+        reason = prepared.error or f"{type(exc).__name__}: {exc}"[:500]
+        if not prepared.error:
+            log.error("inbox #%d failed (attempt %d): %s", prepared.row.id, attempts, reason,
+                      exc_info=exc)
+        connection.execute(update(_inbox).where(_inbox.c.id == prepared.row.id).values(
+            status="failed", reason=reason[:2000], attempts=attempts,
+            next_attempt_at=self.app.clock.now() + backoff(attempts)))
+
+    def run_once(self, limit: int | None = None) -> int:
+        rows = self.claim(limit or self.settings.processor.batch_size)
+        if rows:
+            self.commit([self.prepare(row) for row in rows])
+        return len(rows)
+
+    def run_until_idle(self, max_passes: int = 10_000) -> int:
+        total = 0
+        for _ in range(max_passes):
+            done = self.run_once()
+            total += done
+            if not done:
+                break
+        return total
+
+    # --- one message ------------------------------------------------------------------------
+
+    def routes(self, rcpt_to: list[str], result: RowResult) -> list[Route]:
+        routes = []
+        for recipient in rcpt_to:
+            try:
+                routes.append(self.router.route(recipient))
+            except (NotOurDomain, UnknownAddress) as exc:
+                result.add("rejected", f"{recipient}: {exc}")
+        return routes
+
+    def handle(self, connection: Connection, prepared: Prepared) -> RowResult:
+        assert prepared.parsed is not None and prepared.verdict is not None
+        result = RowResult(kind=prepared.verdict.kind)
+        routes = self.routes(list(prepared.row.rcpt_to), result)
+        verdict = prepared.verdict
+        bounce_routes = [r for r in routes if r.kind == RouteKind.BOUNCE]
+        if bounce_routes or verdict.kind in ("bounce", "feedback"):
+            route = (bounce_routes or routes or [Route(RouteKind.BOUNCE, "")])[0]
+            result.kind = verdict.kind if verdict.kind in ("bounce", "feedback") else "bounce"
+            outcome = self._call(connection, "bounce", prepared, route)
+            result.add(outcome.status, outcome.reason or verdict.reason)
+            return result
+        if verdict.kind in ("auto_reply", "loop"):
+            result.add("discarded", verdict.reason)
+            return result
+        for route in routes:
+            if route.kind in (RouteKind.POST, RouteKind.REPLY):
+                if route.kind == RouteKind.REPLY and result.kind == "post":
+                    result.kind = "reply"
+                self.post(connection, prepared, route, result)
+            else:
+                result.kind = "command" if route.kind == RouteKind.COMMAND else route.kind
+                outcome = self._call(connection, route.kind, prepared, route)
+                result.add(outcome.status, outcome.reason)
+        if prepared.parsed.in_reply_to and result.kind == "post":
+            result.kind = "reply"
+        return result
+
+    def incoming(self, prepared: Prepared, route: Route) -> IncomingMail:
+        parsed, verdict = prepared.parsed, prepared.verdict
+        assert parsed is not None and verdict is not None
+        bounces: tuple[Bounce, ...] = ()
+        if verdict.kind in ("bounce", "feedback") or route.kind == RouteKind.BOUNCE:
+            bounces = tuple(Bounce(b.recipient, b.status, b.hard, b.reason)
+                            for b in parse_dsn(parsed.message))
+            if not bounces and verdict.bounce is not None:
+                b = verdict.bounce
+                bounces = (Bounce(b.recipient, b.status, b.hard, b.reason),)
+        return IncomingMail(
+            inbox_id=prepared.row.id, route=route, envelope_sender=prepared.row.mail_from,
+            sender=parsed.from_address, sender_name=parsed.from_name, subject=parsed.subject,
+            message_id=parsed.message_id, in_reply_to=parsed.in_reply_to,
+            references=tuple(parsed.references),
+            text=prepared.extracted.text if prepared.extracted else parsed.text,
+            language=prepared.extracted.language if prepared.extracted else "",
+            kind=verdict.kind, bounces=bounces, raw=prepared.raw)
+
+    def _call(self, connection: Connection, name: str, prepared: Prepared, route: Route
+              ) -> Outcome:
+        handler: Callable[[Session, IncomingMail], Outcome] = getattr(
+            self.handlers, name, None) or self.handlers.extra.get(name) or Handlers().command
+        with Session(bind=connection) as session:
+            outcome = handler(session, self.incoming(prepared, route))
+            session.flush()
+        return outcome
+
+    def _notify(self, connection: Connection, prepared: Prepared, route: Route, code: str,
+                details: dict[str, str]) -> None:
+        verdict = prepared.verdict
+        if not self.notify or not code or not prepared.row.mail_from \
+                or (verdict is not None and verdict.kind in NOT_POSTED):
+            return
+        with Session(bind=connection) as session:
+            self.handlers.notify(session, self.incoming(prepared, route), code, details)
+            session.flush()
+
+    def post(self, connection: Connection, prepared: Prepared, route: Route,
+             result: RowResult) -> None:
+        """Authorise, thread and store one message in one community."""
+        parsed, extracted = prepared.parsed, prepared.extracted
+        assert parsed is not None and extracted is not None
+        token_person = token_conversation = None
+        if route.kind == RouteKind.REPLY:
+            data = read_token(self.app.secret, "reply", route.token)
+            if data is None:
+                result.add("rejected", "the reply address is not valid")
+                return
+            token_person, token_conversation = data.first, data.second
+            community = connection.execute(
+                select(_community).join(_conversation,
+                                        _conversation.c.community_id == _community.c.id)
+                .where(_conversation.c.id == token_conversation)).first()
+            if community is None:
+                result.add("rejected", "the conversation of this reply address no longer "
+                                       "exists")
+                return
+        else:
+            community = connection.execute(select(_community).where(
+                _community.c.slug == route.slug)).first()
+            if community is None:
+                result.add("rejected", f"no community named {route.slug!r} any more")
+                return
+        slug = community.slug
+        duplicate = connection.execute(select(_message.c.id).where(
+            _message.c.community_id == community.id,
+            _message.c.message_id == parsed.message_id)).scalar()
+        if duplicate is not None:
+            result.add("discarded", f"{slug}: already archived as message #{duplicate}")
+            return
+
+        sender = find_sender(connection, self.settings, parsed.from_address)
+        member = membership(connection, community.id, sender.person_id)
+        approved = False
+        if prepared.row.kind == "approved":
+            held_status = connection.execute(select(_held.c.status).where(
+                _held.c.inbox_id == prepared.row.id,
+                _held.c.community_id == community.id)).scalar()
+            if held_status == "pending":
+                result.add("held", f"{slug}: still waiting for a moderator")
+                return
+            if held_status == "rejected":
+                result.add("rejected", f"{slug}: rejected by a moderator")
+                return
+            approved = held_status == "approved"
+        if not approved:
+            if token_person is not None and sender.person_id != token_person:
+                self._hold(connection, prepared, route, community, result,
+                           "sent to a personal reply address from another address",
+                           "token_mismatch")
+                return
+            if token_person is not None and member is None:
+                result.add("rejected", f"{slug}: the reply address was revoked (no longer "
+                                       f"a member)")
+                self._notify(connection, prepared, route, "revoked", {"community": slug})
+                return
+            decision = authorise(policy=community.posting_policy,
+                                 admits_guests=community.admits_guests, sender=sender,
+                                 member=member, verdict_kind=prepared.verdict.kind
+                                 if prepared.verdict else "post", dmarc=prepared.dmarc)
+            if decision.action == "hold":
+                self._hold(connection, prepared, route, community, result, decision.reason,
+                           decision.code)
+                return
+            if decision.action == "reject":
+                result.add("rejected", f"{slug}: {decision.reason}")
+                return
+        if extracted.is_empty:
+            result.add("rejected", f"{slug}: empty message (no text, no attachment)")
+            self._notify(connection, prepared, route, "empty", {"community": slug})
+            return
+        self.store(connection, prepared, community, sender, token_conversation, result)
+
+    def _hold(self, connection: Connection, prepared: Prepared, route: Route, community: Any,
+              result: RowResult, reason: str, code: str) -> None:
+        parsed = prepared.parsed
+        assert parsed is not None
+        exists = connection.execute(select(_held.c.id).where(
+            _held.c.inbox_id == prepared.row.id,
+            _held.c.community_id == community.id)).scalar()
+        if exists is None:
+            connection.execute(insert(_held).values(
+                inbox_id=prepared.row.id, community_id=community.id,
+                sender=parsed.from_address, subject=parsed.subject[:500], reason=reason,
+                status="pending", decided_by="", decision_note="",
+                created_at=self.app.clock.now()))
+            self._notify(connection, prepared, route, code,
+                         {"community": community.slug, "reason": reason})
+        result.add("held", f"{community.slug}: {reason}")
+
+    def store(self, connection: Connection, prepared: Prepared, community: Any, sender: Any,
+              token_conversation: int | None, result: RowResult) -> None:
+        parsed, extracted = prepared.parsed, prepared.extracted
+        assert parsed is not None and extracted is not None
+        now = self.app.clock.now()
+        author_id = ensure_sender(connection, sender, parsed.from_name, now)
+        choice = choose_conversation(connection, community.id, parsed,
+                                     token_conversation=token_conversation,
+                                     window_days=self.settings.processor.thread_window_days,
+                                     now=now)
+        conversation_id = choice.conversation_id
+        if conversation_id is None:
+            conversation_id = create_conversation(connection, community.id, parsed, author_id)
+        message_pk = int(connection.execute(insert(_message).values(
+            community_id=community.id, conversation_id=conversation_id,
+            message_id=parsed.message_id, parent_id=choice.parent_id,
+            in_reply_to=parsed.in_reply_to, references=parsed.references,
+            author_id=author_id, from_address=parsed.from_address,
+            from_name=parsed.from_name, date=parsed.date, received_at=prepared.row.received_at,
+            subject=parsed.subject, text=extracted.text, quoted=extracted.quoted,
+            signature=extracted.signature, html=extracted.html,
+            language=extracted.language or community.language,
+            to_cc=parsed.to + parsed.cc, inbox_id=prepared.row.id, status="published",
+            has_attachments=any(not a.inline for a in extracted.attachments),
+            redacted_reason="", redacted_at=None).returning(_message.c.id)).scalar_one())
+        if extracted.attachments:
+            connection.execute(insert(_attachment), [
+                {"message_id": message_pk, "position": position, "filename": a.filename,
+                 "content_type": a.content_type, "size": a.size,
+                 "sha256": a.sha256 if a.kept else "", "inline": a.inline,
+                 "content_id": a.content_id}
+                for position, a in enumerate(extracted.attachments)])
+        count_message(connection, conversation_id, parsed.date,
+                      is_first=choice.conversation_id is None)
+        relink_children(connection, community.id, message_pk, parsed.message_id,
+                        conversation_id)
+        deliveries = 0
+        if self.fan_out:
+            deliveries = fan_out(connection, message_pk=message_pk, community_id=community.id,
+                                 conversation_id=conversation_id, author_id=author_id,
+                                 to_cc=parsed.to + parsed.cc, now=now)
+        result.add("done", f"{community.slug}: conversation #{conversation_id} "
+                           f"({choice.how}), {deliveries} copies to send")
+
+
+class ProcessorService:
+    """The processor as a task of `serve`: woken by new mail, or every second."""
+
+    name = "processor"
+
+    def __init__(self, processor: Processor, arrived: asyncio.Event | None = None,
+                 idle_seconds: float = 1.0) -> None:
+        self.processor = processor
+        self.arrived = arrived or asyncio.Event()
+        self.idle_seconds = idle_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="processor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await asyncio.to_thread(self.processor.run_once)
+            except Exception:
+                log.exception("processor pass failed; retrying")
+                done = 0
+                await asyncio.sleep(self.idle_seconds)
+            if done:
+                continue
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), self.idle_seconds)
