@@ -261,17 +261,21 @@ def verify_dkim(raw: bytes, dns_lookup: DnsLookup) -> AuthResults:
 
     `dns_lookup(name)` gets a TXT name like "sel._domainkey.example.org" and returns the
     record's text (or None when there is none); it may raise OSError or TimeoutError, which
-    gives "temperror". dkim is "pass" when one signature verifies, "none" without any.
+    gives "temperror". dkim is "pass" when one signature verifies, "fail" when they do not,
+    "permerror" when no signature's key is published, "none" without any signature.
     """
     failures: list[str] = []
+    missing: list[str] = []
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        text_name = name.decode("ascii", "replace").rstrip(".")
         try:
-            record = dns_lookup(name.decode("ascii", "replace").rstrip("."))
+            record = dns_lookup(text_name)
         except (OSError, TimeoutError) as error:
             failures.append(str(error))
             raise _LookupFailed(str(error)) from error
         if record is None:
+            missing.append(text_name)
             return None
         return record if isinstance(record, bytes) else record.encode("ascii", "replace")
 
@@ -290,8 +294,10 @@ def verify_dkim(raw: bytes, dns_lookup: DnsLookup) -> AuthResults:
     for index in range(count):
         try:
             ok = checker.verify(idx=index, dnsfunc=dnsfunc)
-        except dkim.DKIMException:
-            outcome = "permerror" if outcome == "fail" else outcome
+        except dkim.ValidationError:  # body hash mismatch and the like: the signature fails
+            continue
+        except dkim.DKIMException:  # a malformed signature or key
+            outcome = "permerror"
             continue
         if ok and checker.domain:
             passing.append(checker.domain.decode("ascii", "replace").lower())
@@ -299,4 +305,6 @@ def verify_dkim(raw: bytes, dns_lookup: DnsLookup) -> AuthResults:
         outcome = "pass"
     elif failures:
         outcome = "temperror"
+    elif len(missing) == count:
+        outcome = "permerror"  # no key published for any signature (RFC 6376 §6.1.2)
     return AuthResults(dkim=outcome, from_domain=from_domain, dkim_domains=tuple(passing))

@@ -9,7 +9,11 @@ A marker counts on its own only at the start of the subject, followed by ":" or 
 nothing ("Automatic reply: Budget", "Out of Office", "Abwesenheitsnotiz: Budget"), so a
 person's "Office move" or "Out of office hours support" stays a post. Anywhere else in the
 subject a marker counts only with a second sign of automation (X-Auto-Response-Suppress,
-which Exchange puts on its OOF notices, or the null envelope sender).
+which Exchange puts on its OOF notices, or the null envelope sender), and never in a reply to
+one ("Re: Automatic reply: ...").
+
+"Auto-Submitted: no" is the sender saying a person wrote the message: it silences the subject
+rule, not the explicit headers (X-Autoreply, Precedence: bulk), which a program set on purpose.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ def _alternation(words: tuple[str, ...]) -> str:
 _PHRASES_RE = _alternation(OOF_PHRASES)
 _WORDS_RE = _alternation(OOF_WORDS)
 _OOF_SUBJECT_START_RE = re.compile(
-    rf"^\s*[\[(]?\s*(?:(?:{_PHRASES_RE})\s*[\])]?\s*(?:$|[:\-\u2013|])"
-    rf"|(?:{_WORDS_RE})\s*[\])]?\s*(?:$|:))"
+    rf"^\s*(?:\[\s*(?:{_PHRASES_RE}|{_WORDS_RE})\s*\]|\(\s*(?:{_PHRASES_RE}|{_WORDS_RE})\s*\)"
+    rf"|(?:{_PHRASES_RE})\s*(?:$|[:\-\u2013|])|(?:{_WORDS_RE})\s*(?:$|:))"
 )
 _OOF_SUBJECT_ANY_RE = re.compile(rf"(?<!\w)(?:{_PHRASES_RE}|{_WORDS_RE})(?!\w)")
 
@@ -126,7 +130,7 @@ def rule_auto_submitted(msg: Message, envelope_sender: str) -> str:
 def rule_autoreply_headers(msg: Message, envelope_sender: str) -> str:
     """X-Autoreply, X-Autorespond and the like, as autoresponders write them."""
     for name, pattern in _AUTO_HEADERS:
-        if msg.get(name) is None:
+        if name not in msg:
             continue
         value = header_text(msg, name)
         if value.strip().lower() not in _NEGATIVE_VALUES and pattern.search(value):
@@ -171,7 +175,7 @@ def rule_list_robot(msg: Message, envelope_sender: str) -> str:
     local = from_addr.rpartition("@")[0]
     if not local or not (local.endswith(_ROBOT_SUFFIXES) or local in _ROBOT_LOCALPARTS):
         return ""
-    if any(msg.get(name) is not None for name in _LIST_SERVER_HEADERS):
+    if any(name in msg for name in _LIST_SERVER_HEADERS):
         return f"notice from the list server address {from_addr}"
     return ""
 

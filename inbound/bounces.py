@@ -1,25 +1,32 @@
 """Delivery status notifications, non-standard bounces and feedback (abuse) reports.
 
-Everything here reads a message that is already known to look like a report (see
-`bounce_evidence`); nothing here decides what the processor does with it.
+Nothing here decides what the processor does with a message; classify() does, after
+`bounce_evidence` (headers and MIME types only, cheap) says a message may be a report.
 
-How a report is read, most trustworthy source first:
+How a report is read, most trustworthy source first (parse_dsn):
 
-1. RFC 3464 `message/delivery-status` parts: one entry per recipient block, with its Action,
-   Status and Diagnostic-Code.
-2. Otherwise the human-readable text of the report (quoted, forwarded, QP- or base64-encoded
-   reports included): inline DSN fields first, then the line shapes MTAs use to list failed
-   addresses ("<addr>:", "addr: 550 ...", "RCPT TO:<addr>" ...).
-3. flufl.bounce's detectors, which know many old MTAs, for the addresses; and Exim's
-   `X-Failed-Recipients` header.
-4. Last, only for a report that carries the returned message as a MIME part: the recipients
-   named in that message's To/Cc (some systems, Apache James or au one net for example, never
-   name the failed address in their text).
+1. RFC 3464 delivery-status parts: one entry per recipient, with Action, Status and
+   Diagnostic-Code (several recipients run together without a blank line are split apart).
+2. An Amazon SES event that SNS sent as e-mail (a JSON body).
+3. The human-readable text of the report, cut where the returned message begins (quoted,
+   forwarded, QP/base64/CR-only and HTML reports included): DSN fields written into the text,
+   then the line shapes MTAs use to list failed addresses ("<addr>:", "addr: 550 ...",
+   "  * addr", "RCPT TO:<addr>", "could not be delivered to <addr>"), then Exim's
+   X-Failed-Recipients, then a bounce forwarded as an attachment.
+4. flufl.bounce's detectors (all_failures), for old MTAs the shapes above miss; only the
+   addresses that the report's own text names are kept.
+5. Last, for a report that a mail system visibly wrote and that carries the returned message
+   as a MIME part: that message's To/Cc (Apache James never names the failed address).
 
-The status is the RFC 3463 code of the recipient's entry, the more specific code of its
-diagnostic when the Status field only says X.0.0, or X.0.0 derived from a bare SMTP reply code
-(550 gives 5.0.0); it stays "" when the report says nothing measurable. The reason slug comes
-from a specific status first and from the diagnostic text when the status is generic.
+The status is the entry's RFC 3463 code, replaced by a more specific code of the same class
+from its diagnostic when it only says X.0.0 or X.4.7 ("gave up"), or X.0.0 derived from a bare
+SMTP reply code or from the report saying the failure is permanent/temporary; "" when nothing
+says. The reason slug comes from a specific status first, from the diagnostic's words when the
+status is generic; `hard` is True only for a 5.x.x failure with a dead-address reason:
+
+    hard:  userunknown hostunknown notaccept suspend hasmoved
+    soft:  mailboxfull policy spam expired toobig systemerror systemfull networkerror content
+           rejected protocol delayed other; "delivered" for a success DSN; "feedback"
 """
 
 from __future__ import annotations
@@ -33,12 +40,13 @@ import logging
 import quopri
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
+from types import MappingProxyType
 
 import flufl.bounce
 
@@ -82,33 +90,44 @@ ADDR_RE = re.compile(_ADDR)
 _FULL_ADDR_RE = re.compile(rf"^{_ADDR}$")
 
 
-def header_text(msg: Message, name: str) -> str:
-    """The first `name` header as readable text, whatever the parsing policy.
+def _raw_values(msg: Message, name: str) -> list[str]:
+    """The stored values of every `name` header, without running the policy's parser.
 
-    compat32 hands back RFC 2047 encoded words undecoded (or a Header object for raw 8-bit);
-    policy.default hands back a decoded header object. Both become a plain str here, and a
-    header that cannot be decoded becomes its raw text rather than an exception.
+    Reading through raw_items() costs the same under compat32 and policy.default, whose
+    header objects are parsed on each access (several times slower on a plain post).
     """
+    wanted = name.lower()
+    values: list[str] = []
     try:
-        value = msg.get(name)
-    except Exception:  # a malformed header under policy.default
-        return ""
-    if value is None:
-        return ""
-    text = str(value)
+        items = msg.raw_items()
+    except Exception:
+        return values
+    for key, value in items:
+        if key.lower() == wanted:
+            values.append(value if isinstance(value, str) else str(value))
+    return values
+
+
+def _readable(value: str) -> str:
+    """A raw header value as one line of text: unfolded, RFC 2047 words and 8-bit decoded."""
+    text = value
+    if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes kept by the parser
+        text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     if "=?" in text:
         with contextlib.suppress(ValueError, LookupError, UnicodeError):
             text = str(make_header(decode_header(text)))
     return " ".join(text.split())
 
 
+def header_text(msg: Message, name: str) -> str:
+    """The first `name` header as readable text ("" when absent), whatever the policy."""
+    values = _raw_values(msg, name)
+    return _readable(values[0]) if values else ""
+
+
 def header_values(msg: Message, name: str) -> list[str]:
-    """Every `name` header, in order (top-most first), as plain text."""
-    try:
-        values = msg.get_all(name) or []
-    except Exception:
-        return []
-    return [" ".join(str(v).split()) for v in values]
+    """Every `name` header, in order (top-most first), as readable text."""
+    return [_readable(value) for value in _raw_values(msg, name)]
 
 
 def normalise_address(text: str) -> str:
@@ -138,14 +157,31 @@ def header_addresses(msg: Message, *names: str) -> list[str]:
 
 
 def content_type(msg: Message) -> str:
-    """The part's content type, lower-cased; "text/plain" when missing or broken."""
-    try:
-        ctype = msg.get_content_type()
-    except Exception:
-        return "text/plain"
+    """The part's content type, lower-cased, read from the raw header (fast under any policy).
+
+    A missing or broken Content-Type gives the part's default type (text/plain, or
+    message/rfc822 inside multipart/digest), as RFC 2045 says.
+    """
+    values = _raw_values(msg, "Content-Type")
     # A folded Content-Type without its ";" ("text/plain\n charset=...") still names its type.
-    ctype = ctype.split()[0].rstrip(";") if ctype.strip() else ""
-    return ctype if "/" in ctype else "text/plain"
+    words = values[0].split(";")[0].split() if values else []
+    ctype = words[0].lower() if words else ""
+    if "/" not in ctype:
+        try:
+            return msg.get_default_type()
+        except Exception:
+            return "text/plain"
+    return ctype
+
+
+_REPORT_TYPE_RE = re.compile(r";\s*report-type\s*=\s*\"?([^\";\s]+)", re.IGNORECASE)
+
+
+def report_type(msg: Message) -> str:
+    """The report-type parameter of a multipart/report ("delivery-status", ...), or ""."""
+    values = _raw_values(msg, "Content-Type")
+    found = _REPORT_TYPE_RE.search(" ".join(values[0].split())) if values else None
+    return found.group(1).lower() if found else ""
 
 
 def mime_parts(msg: Message) -> Iterator[Message]:
@@ -237,10 +273,8 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"|failed delivery|delivery (?:has )?failed|delivery problem|failure notice|returned mail"
     r"|mail delivery (?:failed|failure|system|error)|could ?n[o']t be delivered"
     r"|could not send|error sending your mail|returned to sender|mail system error"
-    r"|message not delivered|delivery report|delivery status|nicht zustellbar|unzustellbar"
-    r"|non remis|non distribu|no (?:se )?(?:pudo )?entregad|non recapitat|onbestelbaar"
-    r"|mail failure|delivery error|mail error|error notification|permanent error"
-    r"|warning: could not",
+    r"|message not delivered|nicht zustellbar|unzustellbar|non remis|non distribu"
+    r"|no (?:se )?(?:pudo )?entregad|non recapitat|onbestelbaar|mail failure|warning: could not",
     re.IGNORECASE,
 )
 
@@ -281,9 +315,9 @@ def _report_parts(msg: Message) -> tuple[bool, bool]:
         return ctype in _DSN_TYPES, ctype == _FEEDBACK_TYPE
     dsn = feedback = False
     if ctype == "multipart/report":
-        report_type = str(msg.get_param("report-type", "") or "").lower()
-        dsn = report_type == "delivery-status"
-        feedback = report_type == "feedback-report"
+        kind = report_type(msg)
+        dsn = kind == "delivery-status"
+        feedback = kind == "feedback-report"
     for part in mime_parts(msg):
         ptype = content_type(part)
         dsn = dsn or ptype in _DSN_TYPES
@@ -291,15 +325,18 @@ def _report_parts(msg: Message) -> tuple[bool, bool]:
     return dsn, feedback
 
 
-def bounce_evidence(msg: Message, envelope_sender: str) -> BounceEvidence:
-    """The cheap signs that `msg` may be a bounce or a report: headers and MIME types only."""
+def bounce_evidence(msg: Message, envelope_sender: str | None) -> BounceEvidence:
+    """The cheap signs that `msg` may be a bounce or a report: headers and MIME types only.
+
+    `envelope_sender` is the SMTP MAIL FROM ("" for <>), None when it is not known.
+    """
     from_header = header_text(msg, "From")
     from_addr = normalise_address(from_header)
-    envelope = envelope_sender.strip().strip("<>")
+    envelope = None if envelope_sender is None else envelope_sender.strip().strip("<>")
     daemon = (
         is_daemon_address(from_addr)
         or (not from_addr and bool(from_header) and is_daemon_address(from_header))
-        or (bool(envelope) and is_daemon_address(envelope))
+        or (envelope is not None and bool(envelope) and is_daemon_address(envelope))
         or bool(_DAEMON_NAME_RE.search(from_header.split("<")[0]))
     )
     dsn, feedback = _report_parts(msg)
@@ -308,9 +345,9 @@ def bounce_evidence(msg: Message, envelope_sender: str) -> BounceEvidence:
         daemon_sender=daemon,
         report_part=dsn,
         feedback_part=feedback,
-        failed_header=msg.get("X-Failed-Recipients") is not None,
+        failed_header="X-Failed-Recipients" in msg,
         subject=bool(BOUNCE_SUBJECT_RE.search(header_text(msg, "Subject"))),
-        ses_notice=msg.get(_SNS_HEADER) is not None,
+        ses_notice=_SNS_HEADER in msg,
     )
 
 
@@ -322,7 +359,7 @@ STATUS_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 REPLY_CODE_RE = re.compile(r"(?:^|[\s:;(\[<\"'=#])([45][0-5]\d)(?=[ \-]|$)", re.MULTILINE)
 
 # subject.detail of a status → reason, when the status alone says it unambiguously.
-_STATUS_REASONS: dict[str, str] = {
+_STATUS_REASONS: Mapping[str, str] = MappingProxyType({
     "1.1": "userunknown",
     "1.2": "hostunknown",
     "1.3": "userunknown",  # bad destination mailbox address syntax
@@ -334,7 +371,6 @@ _STATUS_REASONS: dict[str, str] = {
     "2.2": "mailboxfull",
     "2.3": "toobig",
     "2.4": "systemerror",  # mailing list expansion problem
-    "3.0": "systemerror",
     "3.1": "systemfull",
     "3.2": "systemerror",
     "3.3": "systemerror",
@@ -343,11 +379,10 @@ _STATUS_REASONS: dict[str, str] = {
     "4.1": "networkerror",
     "4.2": "networkerror",
     "4.3": "systemerror",
-    "4.4": "networkerror",
+    "4.4": "hostunknown",  # unable to route: no MX/A for the domain (Postfix, Exim)
     "4.5": "networkerror",
     "4.6": "systemerror",  # routing loop
     "4.7": "expired",
-    "6.0": "content",
     "6.1": "content",
     "6.2": "content",
     "6.3": "content",
@@ -357,10 +392,11 @@ _STATUS_REASONS: dict[str, str] = {
     "6.7": "content",
     "6.8": "content",
     "6.9": "content",
-}
+})
 
-# Reasons read from diagnostic text, first match wins. Only consulted when the status is
-# generic (X.0.0, X.1.0, X.2.0, X.5.x, X.7.x or none at all).
+# Reasons read from diagnostic text, first match wins. Consulted when the status is generic
+# (see _GENERIC_SUBJECT_DETAILS), has no mapping (X.5.x) or is missing; for X.7.x only to tell
+# "spam" from "policy".
 _TEXT_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (slug, re.compile(pattern, re.IGNORECASE))
     for slug, pattern in (
@@ -379,20 +415,23 @@ _TEXT_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
          r"|user (?:not found|does ?n[o']t exist|not exist)|(?:recipient|address|mailbox|account"
          r"|user)(?: address)? (?:does ?n[o']t exist|not found|unknown|not listed|is invalid)"
          r"|invalid (?:recipient|mailbox|user|address)|not a valid (?:recipient|mailbox|user)"
-         r"|no mailbox here|mailbox (?:not found|does not exist|unavailable)"
+         r"|no mailbox here|mailbox (?:not found|does not exist)"
          r"|unrouteable address|bad destination (?:mailbox|email|address)"
          r"|is not a (?:valid )?(?:known )?(?:user|recipient)|unknown in virtual"
-         r"|undeliverable address|recipient rejected|no valid recipients|addressee unknown"),
-        ("notaccept", r"does not accept (?:e-?)?mail|null mx|not accepting (?:any )?mail"),
+         r"|undeliverable address|recipient rejected|no valid recipients|addressee unknown"
+         r"|not (?:be )?recogni[sz]ed|not listed in|does ?n[o']t have an? [\w.]* ?account"),
+        ("notaccept", r"does not accept (?:e-?)?mail|null mx|not accepting (?:any )?mail"
+                      r"|no smtp service"),
         ("hostunknown",
          r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:not found"
          r"|does ?n[o']t exist|unknown)|no such domain|name or service not known"
          r"|unroutable|nxdomain|host name lookup failure|couldn't find any host"
-         r"|no (?:mx|mail exchanger)|unknown domain|domain name not found"),
+         r"|no (?:mx|mail exchanger)|unknown domain|domain name not found"
+         r"|domain (?:is )?not reachable"),
         ("hasmoved", r"has moved|no longer (?:at|with|available|valid)|address has changed"),
         ("spam",
          r"spam|junk|block ?list|black ?list|\brbl\b|dnsbl|spamhaus|spamcop|blocked using"
-         r"|bad reputation|poor reputation|listed (?:at|on|in)|bulk mail"),
+         r"|bad reputation|poor reputation|(?<!not )listed (?:at|on|in)|bulk mail"),
         ("policy",
          r"policy|not authori[sz]ed|access denied|relay(?:ing)? (?:denied|not permitted|access)"
          r"|dmarc|\bspf\b|dkim|authenticat|sender (?:address )?(?:rejected|denied|verify)"
@@ -402,6 +441,7 @@ _TEXT_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
                    r"|message length"),
         ("expired",
          r"retry time|timed? ?out|expired|could not be delivered (?:for|within)|too long"
+         r"|failing for a long time"
          r"|giving up|give up|delivery time"),
         ("networkerror",
          r"connection (?:refused|reset|lost|closed)|network|no route|unreachable"
@@ -412,7 +452,7 @@ _TEXT_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("content", r"virus|malware|content|attachment|mime"),
     )
 )
-_GENERIC_SUBJECT_DETAILS = frozenset({"0.0", "1.0", "2.0", "4.0", "5.0", "7.0"})
+_GENERIC_SUBJECT_DETAILS = frozenset({"0.0", "1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "7.0"})
 
 
 def first_status(text: str) -> str:
@@ -491,6 +531,8 @@ def reason_for(status: str, diagnostic: str, action: str = "") -> tuple[str, boo
         reason = _STATUS_REASONS.get(rest, "")
         if not reason and rest.startswith("5."):
             reason = text_reason(diagnostic) or "protocol"
+        elif reason in HARD_REASONS and text_reason(diagnostic) == "mailboxfull":
+            reason = "mailboxfull"  # code and words disagree: never call a full box dead
     if not reason:
         reason = text_reason(diagnostic)
     if not reason:
@@ -510,8 +552,12 @@ def make_info(address: str, status: str, diagnostic: str, action: str = "") -> B
 # ---------------------------------------------------------------------------------------------
 
 Fields = list[tuple[str, str]]
-_RECIPIENT_FIELDS = {"final-recipient": "final", "original-recipient": "original"}
-_ENTRY_FIELDS = {"action": "action", "status": "status", "diagnostic-code": "diagnostic"}
+_RECIPIENT_FIELDS: Mapping[str, str] = MappingProxyType(
+    {"final-recipient": "final", "original-recipient": "original"}
+)
+_ENTRY_FIELDS: Mapping[str, str] = MappingProxyType(
+    {"action": "action", "status": "status", "diagnostic-code": "diagnostic"}
+)
 _DSN_FIELD_NAMES = frozenset({*_RECIPIENT_FIELDS, *_ENTRY_FIELDS})
 _FIELD_LINE_RE = re.compile(r"^[ \t]*([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
 
@@ -717,7 +763,7 @@ _PROSE_ADDR_RE = re.compile(
 _CONTEXT_LINES = 12
 _STRONG_PERMANENT_RE = re.compile(
     r"permanent|fatal|unrecoverable|has been rejected|could not be delivered"
-    r"|failed permanently|undeliverable",
+    r"|failed permanently|undeliverable|did not reach|was not delivered",
     re.IGNORECASE,
 )
 _TEMPORARY_RE = re.compile(
@@ -827,10 +873,16 @@ def _names_sender(lines: list[str], index: int) -> bool:
 
 
 def _context_of(address: str, lines: list[str]) -> str:
-    """The first line naming `address` and the few after it."""
+    """The first line naming `address` and the more-indented lines that continue it."""
     for index, line in enumerate(lines):
         if address in line.lower():
-            return " ".join(part.strip() for part in lines[index : index + 4])
+            indent = len(line) - len(line.lstrip())
+            context = [line.strip()]
+            for follow in lines[index + 1 : index + 6]:
+                if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                context.append(follow.strip())
+            return " ".join(context)
     return ""
 
 
@@ -952,7 +1004,7 @@ _SNS_HEADER = "X-Amz-Sns-Message-Id"
 
 def _ses_event(msg: Message) -> dict[str, object] | None:
     """The SES event (notificationType Bounce / Complaint / Delivery) of an SNS e-mail."""
-    if msg.get(_SNS_HEADER) is None:
+    if _SNS_HEADER not in msg:
         return None
     text = "\n".join(part_text(p) for p in mime_parts(msg) if content_type(p) == "text/plain")
     start, end = text.find("{"), text.rfind("}")
@@ -1035,7 +1087,7 @@ def parse_feedback(msg: Message) -> FeedbackReport | None:
             continue
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
-        if isinstance(inner, Message) and inner.get("X-HmXmrOriginalRecipient") is not None:
+        if isinstance(inner, Message) and "X-HmXmrOriginalRecipient" in inner:
             address = normalise_address(header_text(inner, "X-HmXmrOriginalRecipient"))
             return FeedbackReport("abuse", (_feedback_info(address),))
     event = _ses_event(msg)
@@ -1059,18 +1111,45 @@ def parse_feedback(msg: Message) -> FeedbackReport | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_dsn(msg: Message) -> list[BounceInfo]:
+_AUTO_REPLY_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
+
+
+def _declares_auto_reply(msg: Message) -> bool:
+    """Auto-Submitted (other than "no"), an autoresponder's header or an out-of-office subject."""
+    # Imported here: inbound.autoreply builds on this module's header helpers.
+    from inbound.autoreply import oof_subject_anywhere, oof_subject_start
+
+    value = header_text(msg, "Auto-Submitted").split(";")[0].split("(")[0].strip().lower()
+    subject = header_text(msg, "Subject")
+    return ((bool(value) and value != "no") or any(h in msg for h in _AUTO_REPLY_HEADERS)
+            or oof_subject_start(subject) or oof_subject_anywhere(subject))
+
+
+def parse_dsn(msg: Message, envelope_sender: str | None = None) -> list[BounceInfo]:
     """Every recipient a bounce or DSN reports on, with status, hardness and reason.
 
-    For the caller that already knows the message is a bounce (VERP: it came to a bounces+
-    address) and wants the details; [] when nothing could be read. Delivery-status parts are
-    trusted first; then the text of the report, a forwarded report, flufl.bounce and, last,
-    the returned message's own recipients.
+    For the caller that already knows where the message came in (VERP: a bounces+ address)
+    and wants the details; [] when nothing could be read. Delivery-status parts are trusted
+    first; then the text of the report, a forwarded report, flufl.bounce and, last, the
+    returned message's own recipients. A feedback report (ARF, JMRP, SES complaint) gives
+    its reported recipients, with reason "feedback".
+
+    The text is read only when a mail system visibly wrote the message, its subject says it
+    is a bounce, or it came from the null sender (`envelope_sender` "", if the caller knows
+    it) without calling itself an automatic reply: an out-of-office reply that reached the
+    bounces+ address names addresses too, and they have not bounced.
     """
-    return parse_delivery_status(msg) or parse_ses_bounce(msg) or parse_text_report(msg)
+    feedback = parse_feedback(msg)
+    if feedback is not None:
+        return [info for info in feedback.infos if info.recipient] or list(feedback.infos)
+    evidence = bounce_evidence(msg, envelope_sender)
+    if not (evidence.strong or evidence.subject
+            or (evidence.null_sender and not _declares_auto_reply(msg))):
+        return parse_delivery_status(msg) or parse_ses_bounce(msg)
+    return parse_report(msg, evidence)
 
 
 def parse_report(msg: Message, evidence: BounceEvidence) -> list[BounceInfo]:
-    """parse_dsn for classify(): the last-resort rule only for visibly machine-written mail."""
+    """parse_dsn with the evidence classify() already has (it knows the envelope sender)."""
     return (parse_delivery_status(msg) or parse_ses_bounce(msg)
             or parse_text_report(msg, evidence))

@@ -52,6 +52,7 @@ from inbound.bounces import (
     parse_dsn,
     parse_feedback,
     parse_report,
+    report_type,
 )
 
 __all__ = [
@@ -204,7 +205,7 @@ def _may_be_feedback(m: _Message) -> bool:
     return (
         m.evidence.feedback_part
         or m.evidence.ses_notice
-        or m.msg.get("X-Apple-Unsubscribe") is not None
+        or "X-Apple-Unsubscribe" in m.msg
         or (m.msg.is_multipart() and content_type(m.msg) in ("multipart/mixed", "multipart/report"))
     )
 
@@ -271,10 +272,9 @@ def _auto(check: Callable[[Message, str], str]) -> Rule:
 
 def _read_receipt(msg: Message, envelope_sender: str) -> str:
     """A read receipt (RFC 8098 message disposition notification)."""
-    if content_type(msg) == "multipart/report":
-        report_type = str(msg.get_param("report-type", "") or "").lower()
-        if report_type == "disposition-notification":
-            return "read receipt (disposition notification)"
+    if (content_type(msg) == "multipart/report"
+            and report_type(msg) == "disposition-notification"):
+        return "read receipt (disposition notification)"
     return ""
 
 

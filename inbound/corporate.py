@@ -41,10 +41,10 @@ _PROOFPOINT_END = "ZjQcmQRYFpfptBannerEnd"
 
 # A tag alone: "[EXTERNAL]", "*EXTERNAL EMAIL*", "[EXTERNE]", "[Extern]", "EXTERNAL SENDER".
 _TAG = (
-    r"(?:external|externe|extern|ext)(?:[\s-]*(?:e-?mail|sender|message|courriel|mail"
+    r"(?:external|externe|extern|ext)(?:[ -]?(?:e-?mail|sender|message|courriel|mail"
     r"|nachricht|absender|expéditeur))?"
 )
-_TAG_ONLY = re.compile(rf"^[\[(*<{{]*\s*{_TAG}\s*[\])*>}}:!.]*$", re.IGNORECASE)
+_TAG_ONLY = re.compile(rf"[\[(*<{{]* ?{_TAG} ?[\])*>}}:!.]*", re.IGNORECASE)  # fullmatch
 _TAG_PREFIX = re.compile(rf"^\s*(?:\[{_TAG}\]|\*{{1,2}}{_TAG}\*{{1,2}})\s+(?=\S)", re.IGNORECASE)
 # How a banner starts: a warning label, a tag, or "This message…" as its subject.
 _BANNER_START = re.compile(
@@ -77,7 +77,7 @@ _URLDEFENSE_V1_V2 = re.compile(
     rf"https?://urldefense(?:\.proofpoint)?\.com/v[12]/url\?{_URL_CHARS}", re.IGNORECASE
 )
 _URLDEFENSE_V3 = re.compile(
-    r"https?://urldefense(?:\.proofpoint)?\.com/v3/__(?P<url>[^\s<>\"]+?)__;"
+    r"https?://urldefense(?:\.proofpoint)?\.com/v3/__(?P<url>[^\s<>\"]{1,2048}?)__;"
     r"(?P<chars>[A-Za-z0-9_=-]*)!![^\s<>\"$]*\$?",
     re.IGNORECASE,
 )
@@ -144,10 +144,12 @@ def _paragraph_end(lines: list[str], start: int) -> int:
 
 def _is_banner(paragraph: list[str]) -> bool:
     """Whether a paragraph is a gateway banner: a bare tag, or a labelled external warning."""
-    joined = " ".join(line.strip() for line in paragraph)
+    if sum(len(line) for line in paragraph) > _MAX_BANNER_CHARS * 2:
+        return False
+    joined = " ".join(" ".join(paragraph).split())
     if not joined or len(joined) > _MAX_BANNER_CHARS:
         return False
-    if _TAG_ONLY.match(joined):
+    if _TAG_ONLY.fullmatch(joined):
         return True
     return bool(_BANNER_START.match(joined)) and _BANNER_SUBSTANCE.search(joined) is not None
 
@@ -166,6 +168,7 @@ def unwrap_links(text: str) -> str:
 
 
 def _unwrap_once(text: str) -> str:
+    """One pass over each kind of wrapper (the substring tests skip most texts at once)."""
     if "safelinks" in text:
         text = _SAFELINKS.sub(_keeping_sentence_end(_safelinks_target), text)
     if "urldefense" in text:
@@ -178,6 +181,7 @@ def _keeping_sentence_end(decode: Callable[[str], str | None]) -> Callable[[re.M
     """A substitution that leaves a sentence's final punctuation after the address."""
 
     def substitute(match: re.Match[str]) -> str:
+        """The original address, or the match unchanged when it does not decode."""
         wrapped = match[0]
         core = wrapped.rstrip(_SENTENCE_END)
         original = decode(core)
@@ -220,6 +224,7 @@ def _urldefense_v3_target(match: re.Match[str]) -> str:
     position = 0
 
     def restore(placeholder: re.Match[str]) -> str:
+        """The characters one placeholder stands for, taken in order."""
         nonlocal position
         run = placeholder[1]
         length = _V3_RUN_LENGTHS.get(run[1], 0) if run else 1

@@ -55,10 +55,25 @@ def _recipients(raw: bytes) -> list[str]:
     return [address for _, address in getaddresses(values) if address]
 
 
-def explain(app: App, raw: bytes, envelope_sender: str = "") -> dict[str, Any]:
+def _envelope_sender(raw: bytes) -> str:
+    """A file has no envelope: its Return-Path says the MAIL FROM, else the From does."""
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(raw.split(b"\n\n", 1)[0] + b"\n\n",
+                                       policy=email.policy.compat32)
+    for name in ("Return-Path", "From"):
+        value = message.get(name)
+        if value is not None:
+            return getaddresses([str(value)])[0][1]
+    return ""
+
+
+def explain(app: App, raw: bytes, envelope_sender: str | None = None) -> dict[str, Any]:
+    """What would happen to `raw`; `envelope_sender` None means "read it from the file"."""
     processor = Processor(app)
     row = _Row(raw, _recipients(raw))
-    row.mail_from = envelope_sender
+    row.mail_from = _envelope_sender(raw) if envelope_sender is None else envelope_sender
     prepared = processor.prepare(row, store=False)  # type: ignore[arg-type]
     report: dict[str, Any] = {"message_id": header_message_id(raw) or None}
     if prepared.error or prepared.parsed is None or prepared.verdict is None:

@@ -45,11 +45,19 @@ class Extracted:
 
 
 def split_body(parsed: ParsedMail) -> ReplyParts:
-    """The reply parts from the text/plain body, or from the HTML when there is no text."""
+    """The reply parts of a message.
+
+    When there is an HTML part and its quote container (gmail_quote, blockquote type=cite,
+    divRplyFwdMsg, ...) is found, the HTML decides: clients mark the quote there exactly,
+    while their text/plain rendering of it is a guess (Outlook's has no `>` at all).
+    Otherwise the text/plain body is split on its own.
+    """
+    if parsed.html.strip():
+        parts = split_html_reply(parsed.html)
+        if parts.quoted.strip() or not parsed.text.strip():
+            return parts
     if parsed.text.strip():
         return split_reply(parsed.text)
-    if parsed.html.strip():
-        return split_html_reply(parsed.html)
     return ReplyParts(text="", quoted="", signature="")
 
 

@@ -54,7 +54,9 @@ _message = Message.__table__  # type: ignore[attr-defined]
 _attachment = Attachment.__table__  # type: ignore[attr-defined]
 _held = Held.__table__  # type: ignore[attr-defined]
 
-LEASE = timedelta(minutes=5)
+# How long a claimed row is left to the instance that claimed it before another may take it
+# (its `next_attempt_at` is pushed this far); a batch takes well under a second.
+LEASE = timedelta(seconds=60)
 NOT_POSTED = ("bounce", "feedback", "auto_reply", "loop")
 
 
@@ -169,8 +171,10 @@ class Processor:
         with self.app.engine.begin() as connection:
             for prepared in batch:
                 inbox_id = prepared.row.id
-                status_now = connection.execute(select(_inbox.c.status).where(
-                    _inbox.c.id == inbox_id)).scalar()
+                query = select(_inbox.c.status).where(_inbox.c.id == inbox_id)
+                if connection.dialect.name == "postgresql":
+                    query = query.with_for_update()  # another instance may hold it too
+                status_now = connection.execute(query).scalar()
                 if status_now not in ("pending", "failed"):
                     continue  # another instance finished it while we prepared
                 savepoint = connection.begin_nested()
@@ -200,6 +204,17 @@ class Processor:
         connection.execute(update(_inbox).where(_inbox.c.id == prepared.row.id).values(
             status="failed", reason=reason[:2000], attempts=attempts,
             next_attempt_at=self.app.clock.now() + backoff(attempts)))
+
+    def release_leases(self) -> int:
+        """At start-up with SQLite (one instance by design), rows claimed by a previous run
+        that died are due at once instead of when their lease expires."""
+        if self.app.engine.dialect.name != "sqlite":
+            return 0
+        now = self.app.clock.now()
+        with self.app.engine.begin() as connection:
+            return connection.execute(update(_inbox).where(
+                _inbox.c.status == "pending", _inbox.c.next_attempt_at > now)
+                .values(next_attempt_at=now)).rowcount
 
     def run_once(self, limit: int | None = None) -> int:
         rows = self.claim(limit or self.settings.processor.batch_size)
@@ -444,6 +459,9 @@ class ProcessorService:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        released = await asyncio.to_thread(self.processor.release_leases)
+        if released:
+            log.info("%d messages claimed by a previous run are due again", released)
         self._task = asyncio.create_task(self._run(), name="processor")
 
     async def stop(self) -> None:

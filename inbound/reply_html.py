@@ -25,9 +25,13 @@ Quote containers, and how they are treated:
 ``html_to_text`` is the readable rendering used for all of this: paragraphs separated by a
 blank line, ``<br>`` and ``<div>`` as line breaks (Outlook's ``p.MsoNormal`` is a line, not a
 paragraph), lists as ``-``/``1.`` items, links as ``text <url>`` when the text is not the
-address itself, tables one row per line, scripts, styles and ``display:none`` left out. The
-parser is the standard library's, the tree is walked without recursion (forwarded chains nest
-hundreds of ``<div>`` deep), and everything is linear in the size of the document.
+address itself, tables one row per line, scripts, styles and ``display:none`` left out.
+
+The parser is the standard library's. It rescans the document for every start tag that
+never closes, so unclosed ``<`` are escaped first (``_defused``); the tree is walked without
+recursion (forwarded chains nest hundreds of ``<div>`` deep); quote and list prefixes stop
+growing past a fixed depth; everything is linear in the size of the document. A small reply
+takes a few hundred microseconds, most of it in the standard parser.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ _LINES = frozenset(
      "dt", "dd", "center", "form", "fieldset", "caption", "tbody", "thead", "tfoot")
 )
 _CELLS = frozenset(("td", "th"))
+_NONE: frozenset[str] = frozenset()
 _HARD_QUOTE_IDS = frozenset(
     ("appendonsend", "divrplyfwdmsg", "mail-editor-reference-message-container",
      "olk_src_body_section", "zwchr")
@@ -67,6 +72,13 @@ _SIGNATURE_CLASSES = frozenset(("gmail_signature", "gmail_signature_prefix", "mo
 _SIGNATURE_IDS = frozenset(("signature", "ms-outlook-mobile-signature"))
 _OUTLOOK_HEADER_BORDERS = ("border-top:solid#e1e1e1", "border-top:solid#b5c4df")
 _SPACES = re.compile(r"[ \t\r\n\f]+")
+# The rest of a tag after "<": names, attributes and quoted values, up to ">" (never "<").
+_TAG_REST = re.compile(r"""(?:[^<>"']++|"[^"]*+"|'[^']*+')*+>""")
+#: Deeper quotes and lists are drawn at these depths: a line is not worth 10,000 prefixes.
+_MAX_QUOTE_DEPTH = 20
+_MAX_LIST_DEPTH = 10
+#: An end tag closes one of this many innermost open elements, or is ignored as stray.
+_MAX_END_TAG_SEARCH = 64
 _SPACE_RUN = re.compile(r" {2,}")
 _ASCII_SPACE = " \t\r\n\f"
 
@@ -76,33 +88,32 @@ _ASCII_SPACE = " \t\r\n\f"
 
 @dataclass(eq=False)
 class _Element:
-    """One element of the parsed document; text children are plain strings."""
+    """One element of the parsed document; text children are plain strings.
+
+    The attributes the rules read (classes, id, style) are normalised once, at creation.
+    """
 
     tag: str
     attrs: dict[str, str]
     parent: _Element | None = None
     children: list[_Element | str] = field(default_factory=list)
+    classes: frozenset[str] = field(init=False)  # lower-cased
+    ident: str = field(init=False)  # lower-cased id
+    compact_style: str = field(init=False)  # lower-cased, without spaces
 
-    @property
-    def classes(self) -> frozenset[str]:
-        """The element's classes, lower-cased."""
-        return frozenset(self.attrs.get("class", "").lower().split())
-
-    @property
-    def ident(self) -> str:
-        """The element's id, lower-cased."""
-        return self.attrs.get("id", "").lower()
-
-    @property
-    def compact_style(self) -> str:
-        """The style attribute, lower-cased and without spaces, for substring tests."""
-        return "".join(self.attrs.get("style", "").lower().split())
+    def __post_init__(self) -> None:
+        """Normalise the attributes the quote, signature and hidden-element rules test."""
+        attrs = self.attrs
+        self.classes = frozenset(attrs["class"].lower().split()) if "class" in attrs else _NONE
+        self.ident = attrs.get("id", "").lower()
+        self.compact_style = "".join(attrs["style"].lower().split()) if "style" in attrs else ""
 
 
 class _TreeBuilder(HTMLParser):
     """Build an ``_Element`` tree, closing the tags HTML lets authors leave open."""
 
     def __init__(self) -> None:
+        """Start with an empty document root; entities are decoded by the parser."""
         super().__init__(convert_charrefs=True)
         self.root = _Element("#root", {})
         self._open: list[_Element] = [self.root]
@@ -116,12 +127,23 @@ class _TreeBuilder(HTMLParser):
         if tag not in _VOID:
             self._open.append(element)
 
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """``<br/>`` is one break; ``<div/>`` opens and closes an empty element."""
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
+
     def handle_endtag(self, tag: str) -> None:
-        """Close the nearest open element of that name; a stray end tag is ignored."""
+        """Close the nearest open element of that name; a stray end tag is ignored.
+
+        Only the innermost elements are searched, so a flood of stray end tags in a deep
+        document stays linear.
+        """
         if tag == "br":  # browsers read "</br>" as "<br>"
             self.handle_starttag("br", [])
             return
-        for depth in range(len(self._open) - 1, 0, -1):
+        lowest = max(1, len(self._open) - _MAX_END_TAG_SEARCH)
+        for depth in range(len(self._open) - 1, lowest - 1, -1):
             if self._open[depth].tag == tag:
                 del self._open[depth:]
                 return
@@ -148,9 +170,43 @@ class _TreeBuilder(HTMLParser):
 def _parse(html: str) -> _Element:
     """Parse HTML into a tree (never raises: the standard parser is forgiving)."""
     builder = _TreeBuilder()
-    builder.feed(html)
+    builder.feed(_defused(html))
     builder.close()
     return builder.root
+
+
+def _defused(html: str) -> str:
+    """HTML whose every ``<`` starts a closed tag or comment, other ``<`` escaped as text.
+
+    The standard parser rescans the rest of the document for each start tag that never
+    closes, so "<a<a<a…" or '<a b="c" <a b="c" …' takes minutes for 100 KB. A browser shows
+    such text anyway, so escaping those ``<`` changes nothing a reader would see, and one
+    linear pass (possessive quantifiers: no backtracking) removes the quadratic case. An
+    unclosed comment is escaped too (a browser would hide the rest of the document; showing
+    it is the safer failure for an archive).
+    """
+    if "<" not in html:
+        return html
+    pieces: list[str] = []
+    done = 0
+    last_comment_end = html.rfind("-->")
+    index = html.find("<")
+    while index >= 0:
+        if html.startswith("<!--", index) and index + 4 <= last_comment_end:
+            index = html.find("<", html.find("-->", index + 4) + 3)
+            continue
+        following = html[index + 1 : index + 2]
+        if following.isalpha() or (following and following in "/!?"):
+            tag = _TAG_REST.match(html, index + 1)
+            if tag is not None:
+                index = html.find("<", tag.end())
+                continue
+        pieces.append(html[done:index])
+        pieces.append("&lt;")
+        done = index + 1
+        index = html.find("<", index + 1)
+    pieces.append(html[done:])
+    return "".join(pieces)
 
 
 def _walk(root: _Element) -> Iterator[_Element]:
@@ -229,10 +285,12 @@ class _TextBuffer:
     """Rendered lines of one part, with the line and paragraph logic of a browser."""
 
     def __init__(self) -> None:
+        """An empty part: finished lines, and the pieces of the line being written."""
         self.lines: list[str] = []
         self._pieces: list[str] = []
         self._has_content = False
         self._preformatted = False
+        self._written = False
         self._depth = 0
 
     def add(self, text: str, depth: int, preformatted: bool) -> None:
@@ -244,7 +302,7 @@ class _TextBuffer:
                 self.line_break(depth)
                 self._add_piece(line, depth, visible=True, preformatted=True)
             return
-        collapsed = _SPACES.sub(" ", text)
+        collapsed = _SPACES.sub(" ", text.replace("\ufeff", ""))
         if not self._pieces:
             collapsed = collapsed.lstrip(" ")
         if collapsed:
@@ -252,6 +310,7 @@ class _TextBuffer:
             self._add_piece(collapsed, depth, visible=visible, preformatted=False)
 
     def _add_piece(self, piece: str, depth: int, visible: bool, preformatted: bool) -> None:
+        """Add to the current line; the quote depth of a line is the one it started at."""
         if not self._pieces:
             self._depth = depth
         self._pieces.append(piece)
@@ -264,13 +323,20 @@ class _TextBuffer:
         if not self._preformatted:
             line = _SPACE_RUN.sub(" ", line).strip(" ")
         line = line.replace("\xa0", " ").rstrip()
+        if line == "--":  # the signature delimiter keeps its space (RFC 3676)
+            line = "-- "
         level = self._depth if self._pieces else depth
         if level:
             line = ">" * level + (" " + line if line else "")
         self.lines.append(line)
+        self._written = self._written or bool(line.strip("> "))
         self._pieces = []
         self._has_content = False
         self._preformatted = False
+
+    def is_empty(self) -> bool:
+        """Whether nothing visible has been written yet."""
+        return not self._has_content and not self._written
 
     def ensure_line_break(self, depth: int) -> None:
         """End the current line if it holds anything (block boundaries)."""
@@ -325,18 +391,21 @@ class _Renderer:
     """Walk the tree and write each part's text; ``split`` turns the part routing on."""
 
     def __init__(self, quote_start: _Element | None, split: bool) -> None:
+        """Render into three parts; without ``split`` everything goes to the text."""
         self.buffers = {target: _TextBuffer() for target in _Target}
         self._quote_start = quote_start
         self._split = split
         self._target = _Target.TEXT
         self._signature: _Element | None = None
         self._depth = 0
+        self._nesting = 0
         self._pre = 0
         self._lists: list[_ListState] = []
         self._links: list[_LinkState] = []
 
     @property
     def _buffer(self) -> _TextBuffer:
+        """The part being written."""
         return self.buffers[self._target]
 
     def render(self, root: _Element) -> None:
@@ -353,6 +422,7 @@ class _Renderer:
                 stack.extend((child, False) for child in reversed(node.children))
 
     def _text(self, data: str) -> None:
+        """Write text, and remember it as the text of the open link."""
         self._buffer.add(data, self._depth, preformatted=self._pre > 0)
         if self._links:
             self._links[-1].text.append(data)
@@ -364,6 +434,8 @@ class _Renderer:
         if self._split and element is self._quote_start:
             self._buffer.ensure_line_break(self._depth)
             self._target = _Target.QUOTED
+            if element.tag == "hr":  # Outlook's rule above the header: a separator only
+                return False
         if self._split and self._target is _Target.TEXT and _is_signature(element):
             self._buffer.ensure_line_break(self._depth)
             self._signature = element
@@ -372,17 +444,21 @@ class _Renderer:
         return True
 
     def _open_block(self, element: _Element) -> None:
+        """Line and paragraph breaks, quote depth and rules at an element's start."""
         tag = element.tag
         buffer = self._buffer
         if tag == "br":
             buffer.line_break(self._depth)
         elif tag == "hr":
+            if self._target is _Target.QUOTED and buffer.is_empty():
+                return  # the rule Outlook draws above its header block only separates
             buffer.ensure_line_break(self._depth)
             buffer.add("-----", self._depth, preformatted=False)
             buffer.line_break(self._depth)
         elif tag == "blockquote":
             buffer.paragraph_break(self._depth)
-            self._depth += 1
+            self._nesting += 1
+            self._depth = min(self._nesting, _MAX_QUOTE_DEPTH)
         elif tag in _PARAGRAPHS and not self._is_line_block(element):
             buffer.paragraph_break(self._depth)
         elif tag in _LINES or tag in _PARAGRAPHS:
@@ -392,6 +468,7 @@ class _Renderer:
         self._open_inline(element)
 
     def _open_inline(self, element: _Element) -> None:
+        """Lists, list bullets, preformatted text and links at an element's start."""
         tag = element.tag
         if tag in ("ul", "ol"):
             self._lists.append(_ListState(ordered=tag == "ol"))
@@ -415,14 +492,17 @@ class _Renderer:
         )
 
     def _bullet(self) -> str:
+        """The marker of the next list item: "- ", or "N. " in an ordered list."""
         if not self._lists:
             return "- "
         state = self._lists[-1]
         state.count += 1
-        indent = "\xa0\xa0" * (len(self._lists) - 1)  # survives the space collapsing
+        level = min(len(self._lists), _MAX_LIST_DEPTH) - 1
+        indent = "\xa0\xa0" * level  # non-breaking spaces survive the space collapsing
         return f"{indent}{state.count}. " if state.ordered else f"{indent}- "
 
     def _leave(self, element: _Element) -> None:
+        """Close an element: link addresses, list and quote ends, signature routing."""
         tag = element.tag
         buffer = self._buffer
         if tag == "a" and self._links:
@@ -436,7 +516,8 @@ class _Renderer:
             self._pre -= 1
         if tag == "blockquote":
             buffer.close_quote(self._depth)
-            self._depth -= 1
+            self._nesting -= 1
+            self._depth = min(self._nesting, _MAX_QUOTE_DEPTH)
             buffer.paragraph_break(self._depth)
         elif tag in _PARAGRAPHS and not self._is_line_block(element):
             buffer.paragraph_break(self._depth)
@@ -466,8 +547,7 @@ def _comparable_address(value: str) -> str:
     """An address without scheme, ``mailto:``, ``www.`` and trailing slash, for comparison."""
     value = value.strip(_ASCII_SPACE + "\xa0<>").lower()
     for prefix in ("mailto:", "https://", "http://", "www."):
-        if value.startswith(prefix):
-            value = value[len(prefix) :]
+        value = value.removeprefix(prefix)
     return value.rstrip("/")
 
 

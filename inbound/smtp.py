@@ -138,6 +138,9 @@ class GatewayHandler:
 class _Limited:
     """Connection limits and RFC 3463 codes on aiosmtpd's own size refusals."""
 
+    # RFC 5321 allows 1,000 octets a line, but real mail (HTML newsletters, broken clients)
+    # has longer lines and MTAs accept them: be as tolerant as Postfix.
+    line_length_limit = 64 * 1024
     limits: ClientLimits
     max_size: int
     _ip: str = ""

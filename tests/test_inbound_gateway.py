@@ -245,3 +245,34 @@ def test_posts_fan_out_to_members(gateway: App) -> None:
     with Session(gateway.engine) as session:
         deliveries = session.exec(select(Delivery)).all()
     assert [d.address for d in deliveries] == [f"bob@{STAFF_DOMAIN}"]
+
+
+def test_postfix_relays_over_lmtp_into_the_archive(tmp_path: Path, db_url: str) -> None:
+    from tests.postfix import Postfix
+
+    app, _ = make_app(tmp_path, db_url)
+    postfix = Postfix({
+        "relay_domains": DOMAIN,
+        "transport_maps": f"inline:{{{DOMAIN}=lmtp:inet:127.0.0.1:"
+                          f"{app.settings.smtp.lmtp_port}}}",
+    })
+    postfix.start()
+    try:
+        with serving(app):
+            with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+                client.send_message(mail(ALICE, f"{RD}, sales@{DOMAIN}", "Through Postfix",
+                                         "Relayed by a real MTA.", "postfix@example.com"))
+            wait_for(lambda: len(messages(app)) == 2, 30)
+            wait_for(lambda: "status=sent" in postfix.read_log(), 10)
+        log = postfix.read_log()
+        assert "relay=127.0.0.1" in log and "status=sent (250 2.0.0 Queued as #" in log
+        with Session(app.engine) as session:
+            items = session.exec(select(InboxItem)).all()
+        assert [item.source for item in items] == ["lmtp"]
+        assert sorted(items[0].rcpt_to) == [RD, f"sales@{DOMAIN}"]
+    except BaseException:
+        print(postfix.read_log())
+        raise
+    finally:
+        postfix.stop()
+        app.dispose()

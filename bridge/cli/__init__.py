@@ -53,7 +53,7 @@ Handler = Callable[[argparse.Namespace, Context], int | None]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridge.cli import admin, communities, inbox, members
+    from bridge.cli import admin, communities, imap, inbox, members, outbound, search
 
     parser = argparse.ArgumentParser(
         prog="causerie",
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="settings file (default: $CAUSERIE_CONFIG, else ./settings.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (admin, communities, members, inbox):
+    for module in (admin, communities, members, inbox, outbound, imap, search):
         module.register(commands)
     return parser
 
@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    quiet = logging.DEBUG if args.verbose else logging.WARNING
+    for name in ("alembic", "mail.log"):  # per-command chatter of Alembic and aiosmtpd
+        logging.getLogger(name).setLevel(quiet)
     context = Context(args.config)
     handler: Handler = args.handler
     try:

@@ -57,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                                     "community, conversation, new text, quoted part, "
                                     "signature, attachments, bounce details.")
     ex.add_argument("files", nargs="+", metavar="FILE")
-    ex.add_argument("--envelope-sender", default="", help="MAIL FROM to assume")
+    ex.add_argument("--envelope-sender", default=None,
+                    help="MAIL FROM to assume (default: the Return-Path, else the From)")
     add_json_flag(ex)
     ex.set_defaults(handler=cmd_inbox_explain)
 
