@@ -7,6 +7,7 @@ Every acknowledged message is archived exactly once, and so is every retried one
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import threading
 from email.message import EmailMessage
@@ -52,10 +53,8 @@ def _send(port: int, numbers: list[int], acknowledged: set[int], lock: threading
         with lock:
             acknowledged.add(number)
     if client is not None:
-        try:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
             client.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
 
 
 def _burst(port: int, numbers: list[int], acknowledged: set[int],
