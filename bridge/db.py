@@ -40,8 +40,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
-    # The search index triggers call these (accent folding and stemming in Python).
-    from archive.search.text import sqlite_functions
+    # The search index triggers call these (accent folding and stemming in Python; the
+    # functions belong to the schema, so they live in bridge beside it).
+    from bridge.searchtext import sqlite_functions
 
     sqlite_functions(dbapi_connection)
 

@@ -386,6 +386,13 @@ def _build(raw: dict[str, Any], base: Path, source: Path | None) -> Settings:
         timezone=s.get("timezone", _timezone, "UTC"),
     )
     s.check_unknown()
+    for domain in instance.domains:
+        if domain in instance.staff_domains:
+            # Mail From our own domains is taken for a loop: people's addresses must be
+            # elsewhere (lists.example.com for Causerie, example.com for the staff).
+            raise SettingsError("[instance] staff_domains", domain,
+                                "domains other than the ones Causerie serves ([instance] "
+                                "domains), e.g. 'example.com' beside 'lists.example.com'")
 
     s = _Section(raw, "database")
     database = DatabaseSettings(url=s.get("url", _database_url, ""))

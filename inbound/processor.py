@@ -30,20 +30,18 @@ from sqlmodel import Session
 from bridge.addresses import AddressRouter, NotOurDomain, Route, RouteKind, UnknownAddress
 from bridge.app import App
 from bridge.events import Bounce, Handlers, IncomingMail, Outcome
-from bridge.fanout import fan_out
+from bridge.fanout import choose as choose_recipients
+from bridge.fanout import delivery_rows
 from bridge.models import Attachment, Community, Conversation, Held, InboxItem, Message
 from bridge.tokens import read_token
 from inbound.authorise import authorise
+from inbound.batch import Batch, Staged
 from inbound.classify import ClassifierConfig, Verdict, classify, parse_dsn
 from inbound.extract import Extracted, extract
 from inbound.parse import ParsedMail, parse
-from inbound.people import ensure_sender, find_sender, membership
-from inbound.threader import (
-    choose_conversation,
-    count_message,
-    create_conversation,
-    relink_children,
-)
+from inbound.people import Sender, ensure_sender
+from inbound.subjects import normalise_subject
+from inbound.threader import ThreadChoice, ancestors, create_conversation, relink_children
 
 log = logging.getLogger("causerie.inbound.processor")
 
@@ -57,6 +55,7 @@ _held = Held.__table__  # type: ignore[attr-defined]
 # How long a claimed row is left to the instance that claimed it before another may take it
 # (its `next_attempt_at` is pushed this far); a batch takes well under a second.
 LEASE = timedelta(seconds=60)
+_INSERT_MESSAGE = insert(_message).returning(_message.c.id)
 NOT_POSTED = ("bounce", "feedback", "auto_reply", "loop")
 
 
@@ -167,33 +166,40 @@ class Processor:
 
     # --- phase 3: commit --------------------------------------------------------------------
 
-    def commit(self, batch: list[Prepared]) -> None:
+    def commit(self, prepared_batch: list[Prepared]) -> None:
+        now = self.app.clock.now()
         with self.app.engine.begin() as connection:
-            for prepared in batch:
-                inbox_id = prepared.row.id
-                query = select(_inbox.c.status).where(_inbox.c.id == inbox_id)
-                if connection.dialect.name == "postgresql":
-                    query = query.with_for_update()  # another instance may hold it too
-                status_now = connection.execute(query).scalar()
-                if status_now not in ("pending", "failed"):
+            ids = [p.row.id for p in prepared_batch]
+            query = select(_inbox.c.id, _inbox.c.status).where(_inbox.c.id.in_(ids))
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()  # another instance may hold them too
+            statuses = dict(connection.execute(query).all())
+            batch = Batch(connection, self.settings, now,
+                          [p.parsed for p in prepared_batch])
+            for prepared in prepared_batch:
+                if statuses.get(prepared.row.id) not in ("pending", "failed"):
                     continue  # another instance finished it while we prepared
+                staged = Staged()
                 savepoint = connection.begin_nested()
                 try:
                     if prepared.error:
                         raise RuntimeError(prepared.error)
-                    result = self.handle(connection, prepared)
-                    status, reason = result.final()
+                    result = self.handle(connection, batch, staged, prepared)
                     savepoint.commit()
                 except Exception as exc:
                     savepoint.rollback()
                     self._failed(connection, prepared, exc)
                     continue
-                connection.execute(update(_inbox).where(_inbox.c.id == inbox_id).values(
-                    status=status, kind=result.kind, reason=reason,
-                    attempts=prepared.row.attempts + 1, processed_at=self.app.clock.now()))
-                log.info("inbox #%d <%s>: %s %s (%s)", inbox_id,
-                         prepared.parsed.message_id if prepared.parsed else "?", result.kind,
-                         status, reason)
+                batch.merge(staged)
+                status, reason = result.final()
+                batch.outcomes.append({"inbox": prepared.row.id, "status": status,
+                                       "kind": result.kind, "reason": reason,
+                                       "attempts": prepared.row.attempts + 1,
+                                       "processed_at": now})
+                log.debug("inbox #%d <%s>: %s %s (%s)", prepared.row.id,
+                          prepared.parsed.message_id if prepared.parsed else "?", result.kind,
+                          status, reason)
+            batch.flush()
 
     def _failed(self, connection: Connection, prepared: Prepared, exc: Exception) -> None:
         attempts = prepared.row.attempts + 1
@@ -242,7 +248,8 @@ class Processor:
                 result.add("rejected", f"{recipient}: {exc}")
         return routes
 
-    def handle(self, connection: Connection, prepared: Prepared) -> RowResult:
+    def handle(self, connection: Connection, batch: Batch, staged: Staged,
+               prepared: Prepared) -> RowResult:
         assert prepared.parsed is not None and prepared.verdict is not None
         result = RowResult(kind=prepared.verdict.kind)
         routes = self.routes(list(prepared.row.rcpt_to), result)
@@ -261,7 +268,7 @@ class Processor:
             if route.kind in (RouteKind.POST, RouteKind.REPLY):
                 if route.kind == RouteKind.REPLY and result.kind == "post":
                     result.kind = "reply"
-                self.post(connection, prepared, route, result)
+                self.post(connection, batch, staged, prepared, route, result)
             else:
                 result.kind = "command" if route.kind == RouteKind.COMMAND else route.kind
                 outcome = self._call(connection, route.kind, prepared, route)
@@ -276,7 +283,7 @@ class Processor:
         bounces: tuple[Bounce, ...] = ()
         if verdict.kind in ("bounce", "feedback") or route.kind == RouteKind.BOUNCE:
             bounces = tuple(Bounce(b.recipient, b.status, b.hard, b.reason)
-                            for b in parse_dsn(parsed.message))
+                            for b in parse_dsn(parsed.message, prepared.row.mail_from))
             if not bounces and verdict.bounce is not None:
                 b = verdict.bounce
                 bounces = (Bounce(b.recipient, b.status, b.hard, b.reason),)
@@ -308,8 +315,8 @@ class Processor:
             self.handlers.notify(session, self.incoming(prepared, route), code, details)
             session.flush()
 
-    def post(self, connection: Connection, prepared: Prepared, route: Route,
-             result: RowResult) -> None:
+    def post(self, connection: Connection, batch: Batch, staged: Staged, prepared: Prepared,
+             route: Route, result: RowResult) -> None:
         """Authorise, thread and store one message in one community."""
         parsed, extracted = prepared.parsed, prepared.extracted
         assert parsed is not None and extracted is not None
@@ -320,30 +327,27 @@ class Processor:
                 result.add("rejected", "the reply address is not valid")
                 return
             token_person, token_conversation = data.first, data.second
-            community = connection.execute(
-                select(_community).join(_conversation,
-                                        _conversation.c.community_id == _community.c.id)
-                .where(_conversation.c.id == token_conversation)).first()
+            community_id = connection.execute(select(_conversation.c.community_id).where(
+                _conversation.c.id == token_conversation)).scalar()
+            community = batch.communities_by_id.get(community_id) if community_id else None
             if community is None:
                 result.add("rejected", "the conversation of this reply address no longer "
                                        "exists")
                 return
         else:
-            community = connection.execute(select(_community).where(
-                _community.c.slug == route.slug)).first()
+            community = batch.communities_by_slug.get(route.slug)
             if community is None:
                 result.add("rejected", f"no community named {route.slug!r} any more")
                 return
         slug = community.slug
-        duplicate = connection.execute(select(_message.c.id).where(
-            _message.c.community_id == community.id,
-            _message.c.message_id == parsed.message_id)).scalar()
+        duplicate = batch.known.get((community.id, parsed.message_id)) \
+            or staged.known.get((community.id, parsed.message_id))
         if duplicate is not None:
-            result.add("discarded", f"{slug}: already archived as message #{duplicate}")
+            result.add("discarded", f"{slug}: already archived as message #{duplicate[0]}")
             return
 
-        sender = find_sender(connection, self.settings, parsed.from_address)
-        member = membership(connection, community.id, sender.person_id)
+        sender = staged.senders.get(parsed.from_address) or batch.sender(parsed.from_address)
+        member = batch.member(community.id, sender.person_id)
         approved = False
         if prepared.row.kind == "approved":
             held_status = connection.execute(select(_held.c.status).where(
@@ -382,7 +386,8 @@ class Processor:
             result.add("rejected", f"{slug}: empty message (no text, no attachment)")
             self._notify(connection, prepared, route, "empty", {"community": slug})
             return
-        self.store(connection, prepared, community, sender, token_conversation, result)
+        self.store(connection, batch, staged, prepared, community, sender, token_conversation,
+                   result)
 
     def _hold(self, connection: Connection, prepared: Prepared, route: Route, community: Any,
               result: RowResult, reason: str, code: str) -> None:
@@ -401,31 +406,37 @@ class Processor:
                          {"community": community.slug, "reason": reason})
         result.add("held", f"{community.slug}: {reason}")
 
-    def store(self, connection: Connection, prepared: Prepared, community: Any, sender: Any,
+    def store(self, connection: Connection, batch: Batch, staged: Staged,
+              prepared: Prepared, community: Any, sender: Sender,
               token_conversation: int | None, result: RowResult) -> None:
         parsed, extracted = prepared.parsed, prepared.extracted
         assert parsed is not None and extracted is not None
-        now = self.app.clock.now()
+        now = batch.now
         author_id = ensure_sender(connection, sender, parsed.from_name, now)
-        choice = choose_conversation(connection, community.id, parsed,
-                                     token_conversation=token_conversation,
-                                     window_days=self.settings.processor.thread_window_days,
-                                     now=now)
+        if sender.person_id is None:
+            staged.senders[sender.address] = Sender(author_id, sender.address, sender.kind,
+                                                    sender.language)
+        choice = self.choose(connection, batch, community.id, parsed, token_conversation)
         conversation_id = choice.conversation_id
         if conversation_id is None:
             conversation_id = create_conversation(connection, community.id, parsed, author_id)
-        message_pk = int(connection.execute(insert(_message).values(
-            community_id=community.id, conversation_id=conversation_id,
-            message_id=parsed.message_id, parent_id=choice.parent_id,
-            in_reply_to=parsed.in_reply_to, references=parsed.references,
-            author_id=author_id, from_address=parsed.from_address,
-            from_name=parsed.from_name, date=parsed.date, received_at=prepared.row.received_at,
-            subject=parsed.subject, text=extracted.text, quoted=extracted.quoted,
-            signature=extracted.signature, html=extracted.html,
-            language=extracted.language or community.language,
-            to_cc=parsed.to + parsed.cc, inbox_id=prepared.row.id, status="published",
-            has_attachments=any(not a.inline for a in extracted.attachments),
-            redacted_reason="", redacted_at=None).returning(_message.c.id)).scalar_one())
+            staged.subjects[(community.id, normalise_subject(parsed.subject))] = \
+                conversation_id
+        message_pk = int(connection.execute(_INSERT_MESSAGE, {
+            "community_id": community.id, "conversation_id": conversation_id,
+            "message_id": parsed.message_id, "parent_id": choice.parent_id,
+            "in_reply_to": parsed.in_reply_to, "references": parsed.references,
+            "author_id": author_id, "from_address": parsed.from_address,
+            "from_name": parsed.from_name, "date": parsed.date,
+            "received_at": prepared.row.received_at, "subject": parsed.subject,
+            "text": extracted.text, "quoted": extracted.quoted,
+            "signature": extracted.signature, "html": extracted.html,
+            "language": extracted.language or community.language,
+            "to_cc": parsed.to + parsed.cc, "inbox_id": prepared.row.id,
+            "status": "published",
+            "has_attachments": any(not a.inline for a in extracted.attachments),
+            "redacted_reason": "", "redacted_at": None}).scalar_one())
+        staged.known[(community.id, parsed.message_id)] = (message_pk, conversation_id)
         if extracted.attachments:
             connection.execute(insert(_attachment), [
                 {"message_id": message_pk, "position": position, "filename": a.filename,
@@ -433,17 +444,43 @@ class Processor:
                  "sha256": a.sha256 if a.kept else "", "inline": a.inline,
                  "content_id": a.content_id}
                 for position, a in enumerate(extracted.attachments)])
-        count_message(connection, conversation_id, parsed.date,
-                      is_first=choice.conversation_id is None)
-        relink_children(connection, community.id, message_pk, parsed.message_id,
-                        conversation_id)
+        staged.counters.append((conversation_id, parsed.date, choice.conversation_id is not None))
+        if parsed.in_reply_to and choice.parent_id is None:
+            staged.children[(community.id, parsed.in_reply_to)] = 1
+        if (community.id, parsed.message_id) in batch.children:
+            batch.flush_counters()
+            gone = relink_children(connection, community.id, message_pk, parsed.message_id,
+                                   conversation_id)
+            if gone:
+                batch.merged(gone, conversation_id)
+                staged.counters.clear()  # the merge recounted the conversation
         deliveries = 0
         if self.fan_out:
-            deliveries = fan_out(connection, message_pk=message_pk, community_id=community.id,
-                                 conversation_id=conversation_id, author_id=author_id,
-                                 to_cc=parsed.to + parsed.cc, now=now)
+            recipients, mutes = batch.recipients(community.id)
+            chosen = choose_recipients(recipients, mutes, conversation_id=conversation_id,
+                                       author_id=author_id, to_cc=parsed.to + parsed.cc)
+            staged.deliveries.extend(delivery_rows(message_pk, community.id, chosen, now))
+            deliveries = len(chosen)
         result.add("done", f"{community.slug}: conversation #{conversation_id} "
                            f"({choice.how}), {deliveries} copies to send")
+
+    def choose(self, connection: Connection, batch: Batch, community_id: int,
+               parsed: ParsedMail, token_conversation: int | None) -> ThreadChoice:
+        """The thread step, on what the batch knows (see inbound.threader for the rules)."""
+        for ref in ancestors(parsed):
+            known = batch.known.get((community_id, ref))
+            if known is not None:
+                return ThreadChoice(known[1], known[0], "references")
+        if token_conversation is not None:
+            exists = connection.execute(select(_conversation.c.id).where(
+                _conversation.c.id == token_conversation,
+                _conversation.c.community_id == community_id)).scalar()
+            if exists is not None:
+                return ThreadChoice(int(exists), None, "reply token")
+        by_subject = batch.subjects.get((community_id, normalise_subject(parsed.subject)))
+        if by_subject is not None and self.settings.processor.thread_window_days > 0:
+            return ThreadChoice(by_subject, None, "subject")
+        return ThreadChoice(None, None, "new")
 
 
 class ProcessorService:

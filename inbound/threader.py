@@ -116,23 +116,23 @@ def refresh_conversation(connection: Connection, conversation_id: int) -> None:
 
 
 def relink_children(connection: Connection, community_id: int, message_pk: int,
-                    message_id: str, conversation_id: int) -> int:
+                    message_id: str, conversation_id: int) -> set[int]:
     """Replies that arrived before this message become its children and join its
-    conversation (their own conversation is merged into it). Returns how many moved."""
+    conversation (their own conversation is merged into it). Returns the merged ones."""
     children = connection.execute(
         select(_message.c.id, _message.c.conversation_id)
         .where(_message.c.community_id == community_id,
                _message.c.in_reply_to == message_id,
                _message.c.id != message_pk)).all()
     if not children:
-        return 0
+        return set()
     connection.execute(update(_message).where(
         _message.c.id.in_([c.id for c in children])).values(parent_id=message_pk))
-    moved = 0
-    for other in {int(c.conversation_id) for c in children} - {conversation_id}:
-        moved += connection.execute(update(_message).where(
+    merged = {int(c.conversation_id) for c in children} - {conversation_id}
+    for other in merged:
+        connection.execute(update(_message).where(
             _message.c.conversation_id == other).values(
-                conversation_id=conversation_id)).rowcount
+                conversation_id=conversation_id))
         muted = connection.execute(select(_mute.c.person_id).where(
             _mute.c.conversation_id == other)).scalars().all()
         already = set(connection.execute(select(_mute.c.person_id).where(
@@ -142,5 +142,6 @@ def relink_children(connection: Connection, community_id: int, message_pk: int,
                                                     conversation_id=conversation_id,
                                                     created_at=datetime.now(UTC)))
         connection.execute(delete(_conversation).where(_conversation.c.id == other))
-    refresh_conversation(connection, conversation_id)
-    return moved
+    if merged:
+        refresh_conversation(connection, conversation_id)
+    return merged

@@ -148,3 +148,8 @@ def test_bad_settings_file_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "causerie: setting [web] port = -1: expected an integer from 1 to 65535"]
     assert "Traceback" not in result.stderr
+
+
+def test_served_domains_are_not_staff_domains(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"\[instance\] staff_domains = 'example.com'"):
+        load(tmp_path, '[instance]\ndomains = ["example.com"]\nstaff_domains = ["example.com"]\n')

@@ -100,8 +100,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p = commands.add_parser("rebuild", help="re-derive every conversation from the raw mail",
                             description="Delete conversations and messages and process the "
                                         "raw mail of the inbox again, in arrival order (after "
-                                        "a parsing fix, say). Nothing is sent: no copies, no "
-                                        "notices. Held messages stay held.")
+                                        "a parsing fix, say), then rebuild the search index. "
+                                        "Nothing is sent: no copies, no notices. Held "
+                                        "messages stay held.")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=cmd_rebuild)
 
@@ -350,6 +351,10 @@ def cmd_rebuild(args: argparse.Namespace, context: Context) -> int:
             .values(status="pending", attempts=0, next_attempt_at=inbox.c.received_at)
         ).rowcount
     processed = wiring.processor(app, fan_out=False, notify=False).run_until_idle()
+    from archive.search import rebuild_index  # the CLI composes the packages
+
+    with app.engine.begin() as connection:
+        rebuild_index(connection)
     with app.session() as session:
         messages = session.exec(select(func.count()).select_from(Message)).one()
         audit(session, "rebuild", "archive", requeued=requeued, messages=messages)

@@ -1,0 +1,243 @@
+"""Search: parse, find candidates in the index, check permissions, rank, group, explain.
+
+1. The query is parsed (`query.parse`) and planned into index terms by the backend of the
+   engine's dialect (`SearchBackend`), with the reader's permission as one more index
+   constraint: the communities they may not see are excluded inside the index (or the ones
+   they may see required), so results and counts are computed among visible messages only.
+2. The backend returns a pool of candidate messages with their relevance (bm25 on SQLite,
+   ts_rank on PostgreSQL), from a bounded window of the newest matches (see sqlite.py).
+3. The candidates are read from `message` joined to `community` with the permission checked
+   again in SQL (published only, visible communities only): the index narrows, the tables
+   decide, so a stale index entry can hide a result but never leak one.
+4. Score = relevance (normalised to the best candidate) + a recency boost that halves every
+   year; one hit per conversation (its best message), with the number of messages in that
+   conversation that match (counted by the index, within the reader's permission).
+5. Snippets are cut from the hits' texts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, select
+
+from archive.search.plan import Plan, scope
+from archive.search.postgres import PostgresBackend
+from archive.search.query import AnyOf, InCommunity, Query, parse
+from archive.search.snippets import snippet
+from archive.search.sqlite import SqliteBackend
+from bridge.models import Community, Membership, Message, Visibility
+from bridge.searchtext import Analyzer
+
+WINDOW = 1000            # newest matches ranked (see sqlite.py)
+POOL = 100               # best of them looked at for grouping
+RECENCY_WEIGHT = 0.2     # what a message of today gains over a very old one, at equal relevance
+HALF_LIFE_DAYS = 365.0
+
+_message = Message.__table__  # type: ignore[attr-defined]
+_community = Community.__table__  # type: ignore[attr-defined]
+_membership = Membership.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who is searching. `None` in place of a Reader is the administrator (sees everything).
+
+    `person_id` None is an anonymous visitor; `staff` counts only when signed in;
+    `communities` are the ids of the communities the person is a member of.
+    """
+
+    person_id: int | None = None
+    staff: bool = False
+    communities: frozenset[int] = frozenset()
+
+    @property
+    def signed_in(self) -> bool:
+        return self.person_id is not None
+
+
+def reader_for(connection: Connection, person_id: int | None, staff: bool) -> Reader:
+    """A Reader with the person's memberships read from the database."""
+    if person_id is None:
+        return Reader()
+    ids = connection.execute(select(_membership.c.community_id).where(
+        _membership.c.person_id == person_id)).scalars()
+    return Reader(person_id, staff, frozenset(int(i) for i in ids))
+
+
+def visible_communities(connection: Connection, reader: Reader | None) -> list[int] | None:
+    """The ids of the communities `reader` may read; None for the administrator (all)."""
+    if reader is None:
+        return None
+    allowed = _community.c.visibility == Visibility.PUBLIC.value
+    if reader.signed_in and reader.staff:
+        allowed = allowed | (_community.c.visibility == Visibility.INTERNAL.value)
+    if reader.signed_in and reader.communities:
+        allowed = allowed | _community.c.id.in_(sorted(reader.communities))
+    return [int(i) for i in connection.execute(select(_community.c.id).where(allowed))
+            .scalars()]
+
+
+class SearchBackend(Protocol):
+    """What each database's full-text search provides."""
+
+    name: str
+
+    def plan(self, connection: Connection, query: Query,
+             communities: Mapping[str, int]) -> Plan: ...
+
+    def candidates(self, connection: Connection, plan: Plan, *, window: int,
+                   pool: int) -> list[tuple[int, float]]: ...
+
+    def counts(self, connection: Connection, plan: Plan,
+               conversations: Sequence[int]) -> dict[int, int]: ...
+
+    def total(self, connection: Connection, plan: Plan) -> int: ...
+
+    def rebuild(self, connection: Connection) -> None: ...
+
+
+def backend_for(engine: Engine | Connection) -> SearchBackend:
+    """The backend for a database, chosen by its dialect."""
+    if engine.dialect.name == "sqlite":
+        return SqliteBackend()
+    if engine.dialect.name == "postgresql":
+        return PostgresBackend()
+    raise ValueError(f"no search backend for {engine.dialect.name}")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One conversation found: its best-matching message, and how many of its messages match."""
+
+    id: int                  # the message's row id
+    message_id: str          # its Message-ID, without angle brackets
+    conversation: int
+    community: str           # slug
+    subject: str
+    author: str              # display name, else address
+    author_address: str
+    date: datetime
+    score: float
+    matches: int
+    snippet: str             # plain text
+    snippet_html: str        # HTML-escaped, matches in <mark>
+
+    def as_json(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "conversation": self.conversation,
+                "community": self.community, "subject": self.subject, "author": self.author,
+                "author_address": self.author_address, "date": self.date.isoformat(),
+                "score": round(self.score, 6), "matches": self.matches,
+                "snippet": self.snippet, "snippet_html": self.snippet_html}
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: list[Hit]
+    total: int | None = None   # matching messages, when asked for
+
+
+def _slugs(query: Query) -> set[str]:
+    found: set[str] = set()
+    for node in (*query.include, *query.exclude):
+        for leaf in node.items if isinstance(node, AnyOf) else (node,):
+            if isinstance(leaf, InCommunity):
+                found.add(leaf.slug)
+    return found
+
+
+def _recency(day: datetime, now: datetime) -> float:
+    if day.tzinfo is None:
+        day = day.replace(tzinfo=UTC)
+    age = max(0.0, (now - day).total_seconds() / 86400.0)
+    return math.pow(0.5, age / HALF_LIFE_DAYS)
+
+
+def search(engine: Engine, text: str, *, reader: Reader | None = None,
+           community: str | None = None, limit: int = 20, offset: int = 0,
+           now: datetime | None = None, count_total: bool = False) -> Results:
+    """Search the archive as `reader` (None: the administrator, who sees everything).
+
+    `community` restricts to one community (by slug), like `community:SLUG` in the query.
+    """
+    query = parse(text)
+    if community:
+        query = replace(query, include=(*query.include, InCommunity(community.lower())))
+    if query.empty or limit <= 0:
+        return Results([], 0 if count_total else None)
+    now = now or datetime.now(UTC)
+    backend = backend_for(engine)
+    with engine.connect() as connection:
+        slugs = _slugs(query)
+        communities = {str(row.slug): int(row.id) for row in connection.execute(
+            select(_community.c.id, _community.c.slug).where(
+                _community.c.slug.in_(sorted(slugs))))} if slugs else {}
+        visible = visible_communities(connection, reader)
+        plan = backend.plan(connection, query, communities)
+        if not plan.include and not plan.exclude:
+            return Results([], 0 if count_total else None)
+        if visible is not None:
+            if not visible:
+                return Results([], 0 if count_total else None)
+            every = connection.execute(select(_community.c.id)).scalars()
+            required, hidden = scope(visible, (int(i) for i in every))
+            plan = Plan(plan.include + ((required,) if required else ()),
+                        plan.exclude + ((hidden,) if hidden else ()), plan.highlight)
+        pool = backend.candidates(connection, plan, window=WINDOW,
+                                  pool=max(POOL, (offset + limit) * 10))
+        hits = _rank(connection, pool, visible, now)[offset:offset + limit]
+        if not hits:
+            return Results([], backend.total(connection, plan) if count_total else None)
+        counts = backend.counts(connection, plan, [hit["conversation_id"] for hit in hits])
+        bodies = dict(connection.execute(select(_message.c.id, _message.c.text).where(
+            _message.c.id.in_([hit["id"] for hit in hits]))).all())
+        total = backend.total(connection, plan) if count_total else None
+    analyzer = Analyzer()
+    return Results([_hit(hit, counts, bodies.get(hit["id"], ""), plan.highlight, analyzer)
+                    for hit in hits], total)
+
+
+def _rank(connection: Connection, pool: list[tuple[int, float]], visible: list[int] | None,
+          now: datetime) -> list[dict[str, Any]]:
+    if not pool:
+        return []
+    relevance = dict(pool)
+    best = max(relevance.values())
+    m, c = _message, _community
+    statement = (select(m.c.id, m.c.message_id, m.c.conversation_id, m.c.subject,
+                        m.c.from_name, m.c.from_address, m.c.date, m.c.language,
+                        c.c.slug.label("community"))
+                 .join(c, c.c.id == m.c.community_id)
+                 .where(m.c.id.in_(list(relevance)), m.c.status == "published"))
+    if visible is not None:
+        statement = statement.where(m.c.community_id.in_(visible))
+    by_conversation: dict[int, dict[str, Any]] = {}
+    for row in connection.execute(statement).mappings():
+        hit = dict(row)
+        normalised = relevance[hit["id"]] / best if best > 0 else 0.0
+        hit["score"] = normalised + RECENCY_WEIGHT * _recency(hit["date"], now)
+        kept = by_conversation.get(hit["conversation_id"])
+        if kept is None or (hit["score"], hit["date"]) > (kept["score"], kept["date"]):
+            by_conversation[hit["conversation_id"]] = hit
+    return sorted(by_conversation.values(),
+                  key=lambda h: (h["score"], h["date"], h["id"]), reverse=True)
+
+
+def _hit(row: Mapping[str, Any], counts: Mapping[int, int], body: str,
+         terms: Collection[str], analyzer: Analyzer) -> Hit:
+    cut = snippet(body or row["subject"], row["language"], terms, analyzer)
+    return Hit(id=row["id"], message_id=row["message_id"], conversation=row["conversation_id"],
+               community=row["community"], subject=row["subject"],
+               author=row["from_name"] or row["from_address"],
+               author_address=row["from_address"], date=row["date"], score=row["score"],
+               matches=max(1, counts.get(row["conversation_id"], 1)),
+               snippet=cut.text, snippet_html=cut.html)
+
+
+def rebuild_index(connection: Connection) -> None:
+    """Re-index every published message (SQLite: needs `sqlite_functions` registered)."""
+    backend_for(connection).rebuild(connection)
