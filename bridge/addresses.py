@@ -21,6 +21,9 @@ RESERVED = frozenset({"reply", "bounces", "private", "postmaster", "abuse", "mai
                       "noreply", "no-reply", "moderate", "digest"})
 
 
+_TOKEN_LOCALS = frozenset({"reply", "private", "bounces", "moderate", "postmaster"})
+
+
 class RouteKind:
     POST = "post"            # SLUG@domain
     COMMAND = "command"      # SLUG+subscribe@, +unsubscribe@, +help@
@@ -91,14 +94,22 @@ class AddressRouter:
         domains: tuple[str, ...],
         community_exists: Callable[[str], bool],
         token_valid: Callable[[str, str], bool] = lambda kind, token: True,
+        community_cached: Callable[[str], bool] = lambda slug: False,
     ) -> None:
         self.domains = frozenset(d.lower() for d in domains)
         self.primary_domain = domains[0].lower()
         self.community_exists = community_exists
         self.token_valid = token_valid
+        self.community_cached = community_cached
 
     def is_ours(self, address: str) -> bool:
         return domain_of(address) in self.domains
+
+    def needs_lookup(self, recipient: str) -> bool:
+        """Whether routing `recipient` may have to ask the database (run it in a thread)."""
+        local = normalise_address(recipient).rpartition("@")[0]
+        slug = local.partition("+")[0]
+        return bool(slug) and slug not in _TOKEN_LOCALS and not self.community_cached(slug)
 
     def route(self, recipient: str) -> Route:
         """The route for `recipient`, or NotOurDomain / UnknownAddress saying why not."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,11 +18,14 @@ from bridge.models import Community, InboxItem
 from bridge.settings import Settings
 from bridge.tokens import token_checker
 
+SLUG_CACHE_SECONDS = 5.0
+
 
 @dataclass
 class App:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
+    _known_slugs: dict[str, float] = field(default_factory=dict, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -56,14 +60,26 @@ class App:
         return session_scope(self.engine)
 
     def community_exists(self, slug: str) -> bool:
+        """Whether `slug` is a community; positive answers are cached for a few seconds,
+        since every RCPT asks (a community deleted meanwhile is caught by the processor)."""
+        now = time.monotonic()
+        if self._known_slugs.get(slug, 0.0) > now:
+            return True
         with Session(self.reader) as session:
             table = Community.__table__  # type: ignore[attr-defined]
-            return session.execute(
+            found = session.execute(
                 select(table.c.id).where(table.c.slug == slug)).first() is not None
+        if found:
+            self._known_slugs[slug] = now + SLUG_CACHE_SECONDS
+        return found
+
+    def knows_community(self, slug: str) -> bool:
+        """True when `community_exists(slug)` would answer from its cache."""
+        return self._known_slugs.get(slug, 0.0) > time.monotonic()
 
     def router(self) -> AddressRouter:
         return AddressRouter(self.settings.instance.domains, self.community_exists,
-                             token_checker(self.secret))
+                             token_checker(self.secret), self.knows_community)
 
     def dispose(self) -> None:
         for name in ("engine", "reader"):

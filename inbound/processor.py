@@ -264,6 +264,9 @@ class Processor:
         if verdict.kind in ("auto_reply", "loop"):
             result.add("discarded", verdict.reason)
             return result
+        if not routes and not result.outcomes:
+            result.add("rejected", "addressed to no community or address of this instance")
+            return result
         for route in routes:
             if route.kind in (RouteKind.POST, RouteKind.REPLY):
                 if route.kind == RouteKind.REPLY and result.kind == "post":

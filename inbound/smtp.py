@@ -93,7 +93,10 @@ class GatewayHandler:
             return (f"452 4.5.3 Too many recipients (at most "
                     f"{self.settings.max_recipients} per message)")
         try:
-            await asyncio.to_thread(self.router.route, address)
+            if self.router.needs_lookup(address):
+                await asyncio.to_thread(self.router.route, address)
+            else:
+                self.router.route(address)
         except NotOurDomain:
             return f"550 5.7.1 <{address}>: relaying denied, this domain is not served here"
         except UnknownAddress as exc:
@@ -120,7 +123,7 @@ class GatewayHandler:
             log.error("refused a message from %s: %s", inbox_envelope.peer, exc)
             return self._each(envelope,
                               "451 4.3.0 Could not store the message; try again later")
-        log.info("accepted #%d from %s for %s (%d bytes)", inbox_id, envelope.mail_from,
+        log.debug("accepted #%d from %s for %s (%d bytes)", inbox_id, envelope.mail_from,
                  ", ".join(envelope.rcpt_tos), len(raw))
         return self._each(envelope, f"250 2.0.0 Queued as #{inbox_id}")
 
