@@ -215,6 +215,7 @@ class Message(SQLModel, table=True):
                                  index=True)
     status: str = MessageStatus.PUBLISHED.value
     has_attachments: bool = False
+    security: str = ""          # "signed" or "encrypted" (S/MIME, PGP)
     redacted_reason: str = ""
     redacted_at: datetime | None = None
 

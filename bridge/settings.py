@@ -155,6 +155,21 @@ def _database_url(value: Any) -> str:
     return value
 
 
+DENIED_ATTACHMENT_TYPES = (".exe", ".bat", ".cmd", ".com", ".scr", ".pif", ".vbs", ".js",
+                           ".jse", ".wsf", ".msi", ".ps1", ".jar", ".hta", ".cpl",
+                           "application/x-msdownload", "application/x-dosexec")
+
+
+def _type_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and (v.startswith(".") or "/" in v) for v in value):
+        raise ValueError("a list of file extensions ('.exe') and MIME types "
+                         "('application/x-msdownload')")
+    return tuple(v.lower() for v in value)
+
+
 def _env_name(value: Any) -> str:
     if not isinstance(value, str) or (value and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value)):
         raise ValueError("the name of an environment variable")
@@ -238,6 +253,7 @@ class ProcessorSettings:
     max_attempts: int
     inline_raw_limit: int
     trusted_authserv_ids: tuple[str, ...]
+    denied_attachment_types: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -459,6 +475,8 @@ def _build(raw: dict[str, Any], base: Path, source: Path | None) -> Settings:
         max_attempts=s.get("max_attempts", _int_range(1, 100), 8),
         inline_raw_limit=s.get("inline_raw_limit", _int_range(0, 1 << 30), 256 * 1024),
         trusted_authserv_ids=s.get("trusted_authserv_ids", _domains, ()),
+        denied_attachment_types=s.get("denied_attachment_types", _type_list,
+                                      DENIED_ATTACHMENT_TYPES),
     )
     s.check_unknown()
 

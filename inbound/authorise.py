@@ -2,8 +2,11 @@
 
 A decision is "accept", "hold" (a moderator decides; the sender is told) or "reject", with
 the reason recorded. Rules, in order: upstream spam verdicts and failed DMARC are held;
-guests post only where the community admits guests; the posting policy (open, members,
-moderated); read-only members are held.
+guests post only where the community admits guests; read-only members are held; a reply-all
+that would bring a community closed to guests into a conversation with people outside the
+company is held for confirmation (it would otherwise put internal discussion in front of a
+customer, or a customer's mail in front of the whole community, silently); the posting
+policy (open, members, moderated).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ ACCEPT = Decision("accept", "")
 
 
 def authorise(*, policy: str, admits_guests: bool, sender: Sender, member: MemberInfo | None,
-              verdict_kind: str, dmarc: str) -> Decision:
+              verdict_kind: str, dmarc: str, external: tuple[str, ...] = (),
+              visibility: str = "internal") -> Decision:
+    """`external`: the message's other To/Cc recipients outside the company."""
     if verdict_kind == "spam":
         return Decision("hold", "the upstream spam filter flagged it", "held_spam")
     if dmarc == "fail":
@@ -38,6 +43,12 @@ def authorise(*, policy: str, admits_guests: bool, sender: Sender, member: Membe
                                 "community", "guests_not_admitted")
     if member is not None and member.role == "readonly":
         return Decision("hold", "read-only members may not post", "held_readonly")
+    if external and not admits_guests and visibility != "public":
+        shown = ", ".join(external[:3]) + ("…" if len(external) > 3 else "")
+        return Decision("hold", f"also addressed to people outside the company ({shown}): "
+                                "held until confirmed, so that this community is not brought "
+                                "into a conversation with guests by a reply-all",
+                        "confirm_external")
     if policy == "moderated":
         return Decision("hold", "every post in this community is moderated", "held_moderated")
     if policy == "members" and member is None:

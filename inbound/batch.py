@@ -76,6 +76,9 @@ class Staged:
     subjects: dict[tuple[int, str], int] = field(default_factory=dict)
     counters: list[tuple[int, datetime, bool]] = field(default_factory=list)
     children: dict[tuple[int, str], int] = field(default_factory=dict)
+    # Conversations recounted from their messages by this message (a merge, a forward):
+    # the batch's pending counters for them are already included.
+    refreshed: set[int] = field(default_factory=set)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     senders: dict[str, Sender] = field(default_factory=dict)
 
@@ -172,7 +175,11 @@ class Batch:
         self.subjects.update(staged.subjects)
         self.senders.update(staged.senders)
         self.children.update(staged.children)
+        for conversation_id in staged.refreshed:
+            self.counters.pop(conversation_id, None)
         for conversation_id, date, is_reply in staged.counters:
+            if conversation_id in staged.refreshed:
+                continue
             counter = self.counters.setdefault(conversation_id, Counter())
             counter.added += 1
             counter.latest = date if counter.latest is None else max(counter.latest, date)

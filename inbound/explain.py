@@ -88,6 +88,10 @@ def explain(app: App, raw: bytes, envelope_sender: str | None = None) -> dict[st
         text=extracted.text if extracted else "", quoted=extracted.quoted if extracted else "",
         signature=extracted.signature if extracted else "",
         language=extracted.language if extracted else "",
+        security=extracted.security if extracted else "",
+        forwarded=[{"author": m.author_address or m.author_name, "date": m.date.isoformat()
+                    if m.date else None, "subject": m.subject, "text": m.text}
+                   for m in (extracted.forwarded if extracted else [])],
         attachments=[{"filename": a.filename, "content_type": a.content_type, "size": a.size,
                       "inline": a.inline} for a in (extracted.attachments if extracted else [])],
         defects=parsed.defects, bounce=None)
@@ -136,7 +140,9 @@ def explain(app: App, raw: bytes, envelope_sender: str | None = None) -> dict[st
             decision = authorise(policy=community.posting_policy,
                                  admits_guests=community.admits_guests, sender=sender,
                                  member=membership(connection, community.id, sender.person_id),
-                                 verdict_kind=verdict.kind, dmarc=prepared.dmarc)
+                                 verdict_kind=verdict.kind, dmarc=prepared.dmarc,
+                                 external=processor.external_recipients(parsed),
+                                 visibility=community.visibility)
             report["decision"] = decision.action
             if decision.reason:
                 report["reason"] = decision.reason

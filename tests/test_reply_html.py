@@ -259,7 +259,7 @@ def test_large_html_is_fast() -> None:
     assert len(html) > 200_000
     start = time.perf_counter()
     parts = split_html_reply(html)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10  # linear, not a speed target
     assert parts.text.startswith("Some bold and a link <https://example.com/x>.")
 
 
@@ -291,7 +291,7 @@ def test_hostile_html_is_linear(unit: str) -> None:
     html = unit * (200_000 // len(unit))
     start = time.perf_counter()
     split_html_reply(html)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10  # linear, not a speed target
 
 
 def test_tags_with_angle_brackets_in_values_and_comments() -> None:

@@ -268,6 +268,7 @@ def message_record(session: Session, message: Message, slug: str) -> dict[str, A
         "date": message.date, "subject": message.subject, "text": message.text,
         "quoted": message.quoted, "signature": message.signature,
         "language": message.language, "status": message.status,
+        "security": message.security or None,
         "in_reply_to": message.in_reply_to or None, "inbox_id": message.inbox_id,
         "attachments": [{"filename": a.filename, "content_type": a.content_type,
                          "size": a.size, "inline": a.inline, "stored": bool(a.sha256)}
