@@ -21,7 +21,7 @@ RESERVED = frozenset({"reply", "bounces", "private", "postmaster", "abuse", "mai
                       "noreply", "no-reply", "moderate", "digest"})
 
 
-_TOKEN_LOCALS = frozenset({"reply", "private", "bounces", "moderate", "postmaster"})
+_TOKEN_LOCALS = frozenset({"reply", "private", "bounces", "moderate", "postmaster", "digest"})
 
 
 class RouteKind:
@@ -33,6 +33,7 @@ class RouteKind:
     BOUNCE = "bounce"        # bounces+TOKEN@ (VERP)
     MODERATE = "moderate"    # moderate+TOKEN@ (a moderator's decision)
     POSTMASTER = "postmaster"  # RFC 5321 requires accepting postmaster@ for our domains
+    DIGEST = "digest"        # digest@ (a reply to a digest: explained, never posted)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class UnknownAddress(Exception):
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (RouteKind.POSTMASTER, re.compile(r"^postmaster$")),
+    (RouteKind.DIGEST, re.compile(r"^digest$")),
     (RouteKind.REPLY, re.compile(rf"^reply\+(?P<token>{TOKEN_RE})$")),
     (RouteKind.PRIVATE, re.compile(rf"^private\+(?P<token>{TOKEN_RE})$")),
     (RouteKind.BOUNCE, re.compile(rf"^bounces\+(?P<token>{TOKEN_RE})$")),

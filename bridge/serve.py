@@ -31,9 +31,13 @@ class Service(Protocol):
 def services(app: App) -> list[Service]:
     """The parts `serve` runs, in start order."""
     from bridge import wiring
+    from bridge.webwiring import web_service
+    from inbound.imap import imap_services
     from inbound.processor import ProcessorService
     from inbound.smtp import ClientLimits, GatewayHandler, GatewayServer
     from inbound.store import InboxWriter
+    from outbound.digest.service import DigestService
+    from outbound.service import OutboundService
 
     settings = app.settings
     writer = InboxWriter(app.engine, app.blobs, settings.processor.inline_raw_limit, app.clock)
@@ -51,7 +55,11 @@ def services(app: App) -> list[Service]:
             GatewayHandler(router, writer, settings.smtp, limits, "lmtp"), settings.smtp,
             hostname, host=settings.smtp.lmtp_host, port=settings.smtp.lmtp_port,
             unix_path=settings.smtp.lmtp_socket))
+    parts.extend(imap_services(app, writer))
     parts.append(ProcessorService(wiring.processor(app), writer.arrived))
+    parts.append(OutboundService(app, web=False))
+    parts.append(DigestService(app, wiring.digest_functions(app)))
+    parts.append(web_service(app))
     return parts
 
 

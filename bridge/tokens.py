@@ -1,4 +1,5 @@
-"""Signed tokens in sub-addresses: reply+TOKEN@, private+TOKEN@, bounces+TOKEN@, moderate+TOKEN@.
+"""Signed tokens in sub-addresses (reply+TOKEN@, private+TOKEN@, bounces+TOKEN@, moderate+TOKEN@)
+and in links (one-click unsubscribe, mute).
 
 A token carries two numbers (for a reply: the person and the conversation) and an HMAC of
 the instance secret over them, the token's kind and a scheme version, truncated to 80 bits.
@@ -19,15 +20,18 @@ from dataclasses import dataclass
 
 VERSION = 1
 MAC_BYTES = 10  # 80 bits
-KINDS = {"reply": 1, "private": 2, "bounces": 3, "moderate": 4}
+KINDS = {"reply": 1, "private": 2, "bounces": 3, "moderate": 4, "unsubscribe": 5, "mute": 6}
 _PAYLOAD = struct.Struct(">BBII")  # version, kind, first, second
 
 
 @dataclass(frozen=True)
 class TokenData:
     kind: str
-    first: int   # reply/private: person id; bounces: delivery id; moderate: held id
-    second: int  # reply: conversation id; private: message id; moderate: moderator person id
+    # reply/private/unsubscribe/mute: person id; bounces: delivery id; moderate: held id
+    first: int
+    # reply/mute: conversation id; private: message id; moderate: moderator person id;
+    # unsubscribe: community id
+    second: int
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:
@@ -71,3 +75,41 @@ def token_checker(secret: bytes) -> Callable[[str, str], bool]:
                 "moderate": "moderate"}.get(route_kind)
         return kind is not None and read_token(secret, kind, token) is not None
     return valid
+
+
+# --- subscription confirmations -------------------------------------------------------------
+# A confirmation token proves that whoever answers received mail at `address`: an HMAC over
+# the community, the address and the day it was issued (so it expires), written like the
+# others in lower-case base32.
+
+_CONFIRM = struct.Struct(">BII")  # version, community, day number
+CONFIRM_DAYS = 7
+
+
+def subscribe_token(secret: bytes, community_id: int, address: str, day: int) -> str:
+    """A token confirming that `address` wants to join `community_id`, issued on `day`."""
+    payload = _CONFIRM.pack(VERSION, community_id, day)
+    mac = _mac(secret, b"confirm:" + payload + address.lower().encode("utf-8"))
+    return base64.b32encode(payload + mac).decode("ascii").rstrip("=").lower()
+
+
+def read_subscribe_token(secret: bytes, token: str, address: str, today: int,
+                         max_age_days: int = CONFIRM_DAYS) -> int | None:
+    """The community id when `token` was issued to `address` less than `max_age_days` ago."""
+    text = token.strip().upper()
+    if not text or len(text) > 64:
+        return None
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != _CONFIRM.size + MAC_BYTES:
+        return None
+    payload, mac = raw[:_CONFIRM.size], raw[_CONFIRM.size:]
+    expected = _mac(secret, b"confirm:" + payload + address.lower().encode("utf-8"))
+    if not hmac.compare_digest(mac, expected):
+        return None
+    version, community_id, day = _CONFIRM.unpack(payload)
+    if version != VERSION or not 0 <= today - day <= max_age_days:
+        return None
+    return int(community_id)

@@ -6,13 +6,33 @@ Only `bridge`'s serve wiring and CLI compose `inbound`, `outbound` and `archive`
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from bridge.app import App
+
+if TYPE_CHECKING:
+    from outbound.digest import DigestFunctions
 from bridge.events import Handlers
 
 
 def handlers(app: App) -> Handlers:
     """The functions the processor calls for commands, bounces, moderation and notices."""
-    return Handlers()
+    from outbound.digest.replies import DigestReplies
+    from outbound.handlers import build_handlers
+
+    built = build_handlers(app)
+    return replace(built, extra={**built.extra, "digest": DigestReplies(app)})
+
+
+def digest_functions(app: App) -> DigestFunctions:
+    """What digests take from the archive: the vitality figures for managers. (Questions
+    a reader could answer are ranked from the topics they wrote about; the people finder,
+    which ranks people for one query, is too costly to ask once per reader.)"""
+    from archive.vitality import vitality_for
+    from outbound.digest import DigestFunctions
+
+    return DigestFunctions(vitality=vitality_for(app.reader))
 
 
 def processor(app: App, *, fan_out: bool = True, notify: bool = True):  # type: ignore[no-untyped-def]

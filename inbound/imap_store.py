@@ -11,12 +11,14 @@ commit that makes fetched messages durable.
   the `ImapSeen` rows naming their (mailbox, UIDVALIDITY, UID), *and* the new last UID, in
   one transaction. The poller flags or moves the messages on the server only after it.
 - **No duplicates.** A UID already in `ImapSeen` is not fetched again. A message whose
-  content hash or Message-ID is already in the inbox *from this mailbox* (a folder recreated
-  with a new UIDVALIDITY, a message copied back from the processed folder) is not stored
-  again: its new UID is recorded as pointing at the existing row. A Message-ID match counts
-  only when the existing row already covers the recipients found now, so that one message
-  delivered to a shared mailbox once per alias (different Delivered-To) still reaches
-  every community it was sent to.
+  content hash or Message-ID is already in the inbox (a folder recreated with a new
+  UIDVALIDITY, a message copied back from the processed folder, a copy that also came by
+  SMTP) is not stored again: its new UID is recorded as pointing at the existing row. A
+  match counts only when the matching rows were already addressed to every recipient found
+  now, so that one message delivered to a shared mailbox once per alias (same Message-ID,
+  another Delivered-To) still reaches every community it was sent to. This is the
+  processor's own notion of a duplicate (one Message-ID per community), applied before a
+  second inbox row is written.
 """
 
 from __future__ import annotations
@@ -173,25 +175,20 @@ class MailboxStore:
             previous = self._previous(connection, rows)
             new_rows: list[dict[str, object]] = []
             targets: list[tuple[int, int]] = []   # (uid, existing inbox id or -(new index+1))
-            batch: list[tuple[str, str, frozenset[str]]] = []  # this batch's new rows
             for message, row in zip(messages, rows, strict=True):
                 if message.uid in already:
                     continue
                 sha, mid = str(row["sha256"]), str(row["header_message_id"])
                 rcpt = frozenset(message.rcpt_to)
-                existing = _match(previous, sha, mid, rcpt)
-                if existing is None:
-                    index = _match([(-(i + 1), *entry) for i, entry in enumerate(batch)],
-                                   sha, mid, rcpt)
-                    if index is not None:
-                        existing = index
+                existing = previous.match(sha, mid, rcpt)
                 if existing is not None:
                     outcome.known += 1
                     targets.append((message.uid, existing))
                     continue
                 new_rows.append(row)
-                batch.append((sha, mid, rcpt))
                 targets.append((message.uid, -len(new_rows)))
+                # later messages of this batch may be the same one again
+                previous.add(-len(new_rows), sha, mid, rcpt)
             ids: list[int] = []
             if new_rows:
                 result = connection.execute(
@@ -212,9 +209,8 @@ class MailboxStore:
             _seen.c.mailbox == self.mailbox, _seen.c.uidvalidity == uidvalidity,
             _seen.c.uid.in_(uids))).scalars()}
 
-    def _previous(self, connection: Connection, rows: list[dict[str, object]]
-                  ) -> list[tuple[int, str, str, frozenset[str]]]:
-        """Inbox rows from this mailbox with the same content hash or Message-ID."""
+    def _previous(self, connection: Connection, rows: list[dict[str, object]]) -> _Known:
+        """Inbox rows with the same content hash or Message-ID (both indexed)."""
         shas = sorted({str(row["sha256"]) for row in rows})
         mids = sorted({str(row["header_message_id"]) for row in rows} - {""})
         condition = _inbox.c.sha256.in_(shas)
@@ -222,26 +218,36 @@ class MailboxStore:
             condition = or_(condition, _inbox.c.header_message_id.in_(mids))
         found = connection.execute(
             select(_inbox.c.id, _inbox.c.sha256, _inbox.c.header_message_id, _inbox.c.rcpt_to)
-            .where(condition, _inbox.c.id.in_(select(_seen.c.inbox_id).where(
-                _seen.c.mailbox == self.mailbox)))
-            .order_by(_inbox.c.id)).all()
-        return [(int(r.id), r.sha256, r.header_message_id, frozenset(r.rcpt_to or ()))
-                for r in found]
+            .where(condition).order_by(_inbox.c.id)).all()
+        known = _Known()
+        for r in found:
+            known.add(int(r.id), r.sha256, r.header_message_id, r.rcpt_to or ())
+        return known
 
 
-def _match(candidates: Iterable[tuple[int, str, str, frozenset[str]]], sha: str, mid: str,
-           rcpt: frozenset[str]) -> int | None:
-    """The first candidate with the same content, else with the same Message-ID, that
-    already covers `rcpt`."""
-    candidates = list(candidates)
-    for key, their_sha, _mid, their_rcpt in candidates:
-        if their_sha == sha and rcpt <= their_rcpt:
-            return key
-    if mid:
-        for key, _sha, their_mid, their_rcpt in candidates:
-            if their_mid == mid and rcpt <= their_rcpt:
-                return key
-    return None
+class _Known:
+    """Earlier inbox rows by content hash and by Message-ID, with their recipients."""
+
+    def __init__(self) -> None:
+        self.by_sha: dict[str, tuple[int, set[str]]] = {}
+        self.by_mid: dict[str, tuple[int, set[str]]] = {}
+
+    def add(self, key: int, sha: str, mid: str, rcpt: Iterable[str]) -> None:
+        for index, value in ((self.by_sha, sha), (self.by_mid, mid)):
+            if value:
+                index.setdefault(value, (key, set()))[1].update(rcpt)
+
+    def match(self, sha: str, mid: str, rcpt: frozenset[str]) -> int | None:
+        """The earlier row this message is, or None.
+
+        The rows with the same content, else those with the same Message-ID, count when
+        together they were already addressed to every recipient found now (one copy per
+        alias, then a migrated copy addressed to both, is still one message).
+        """
+        for index, value in ((self.by_sha, sha), (self.by_mid, mid)):
+            if value in index and rcpt <= index[value][1]:
+                return index[value][0]
+        return None
 
 
 # --- for `causerie imap status` ---------------------------------------------------------------
@@ -260,7 +266,7 @@ class MailboxState:
 def mailbox_states(engine: Engine) -> dict[str, MailboxState]:
     """Every mailbox's stored position, lease and number of UIDs ingested."""
     with engine.connect() as connection:
-        counts = dict(connection.execute(
+        counts: dict[str, int] = dict(connection.execute(
             select(_seen.c.mailbox, func.count()).group_by(_seen.c.mailbox)).all())
         return {row.mailbox: MailboxState(row.mailbox, int(row.uidvalidity), int(row.last_uid),
                                           row.lease_owner, row.lease_expires,

@@ -284,6 +284,12 @@ class Processor:
             result.add("rejected", "addressed to no community or address of this instance")
             return result
         for route in routes:
+            if route.kind == RouteKind.REPLY and "mute" in self.handlers.extra:
+                outcome = self._call(connection, "mute", prepared, route)
+                if outcome.status != "pass":  # a "mute" reply: handled, not posted
+                    result.kind = "command"
+                    result.add(outcome.status, outcome.reason)
+                    continue
             if route.kind in (RouteKind.POST, RouteKind.REPLY):
                 if route.kind == RouteKind.REPLY and result.kind == "post":
                     result.kind = "reply"
@@ -321,7 +327,7 @@ class Processor:
             self.handlers, name, None) or self.handlers.extra.get(name) or Handlers().command
         with Session(bind=connection) as session:
             outcome = handler(session, self.incoming(prepared, route))
-            session.flush()
+            session.commit()  # joined to our transaction: this only releases its savepoint
         return outcome
 
     def _notify(self, connection: Connection, prepared: Prepared, route: Route, code: str,
@@ -332,7 +338,7 @@ class Processor:
             return
         with Session(bind=connection) as session:
             self.handlers.notify(session, self.incoming(prepared, route), code, details)
-            session.flush()
+            session.commit()  # joined to our transaction: this only releases its savepoint
 
     def post(self, connection: Connection, batch: Batch, staged: Staged, prepared: Prepared,
              route: Route, result: RowResult) -> None:
@@ -367,7 +373,8 @@ class Processor:
 
         sender = staged.senders.get(parsed.from_address) or batch.sender(parsed.from_address)
         member = batch.member(community.id, sender.person_id)
-        approved = False
+        # Imported history was chosen by the administrator who ran the import.
+        approved = prepared.row.source == "import"
         if prepared.row.kind == "approved":
             held_status = connection.execute(select(_held.c.status).where(
                 _held.c.inbox_id == prepared.row.id,
@@ -488,7 +495,7 @@ class Processor:
             refresh_conversation(connection, conversation_id)  # the thread began earlier
             staged.refreshed.add(conversation_id)
         deliveries = 0
-        if self.fan_out:
+        if self.fan_out and prepared.row.source != "import":
             recipients, mutes = batch.recipients(community.id)
             chosen = choose_recipients(recipients, mutes, conversation_id=conversation_id,
                                        author_id=author_id, to_cc=parsed.to + parsed.cc)

@@ -19,10 +19,11 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
 from bridge.blobs import BlobStore
 from bridge.clock import Clock
@@ -72,6 +73,9 @@ class InboxWriter:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
+        # One thread and one connection for the group commits: no pool checkout per batch.
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: Connection | None = None
         self.arrived = asyncio.Event()  # set after each committed batch (wakes the processor)
 
     def row(self, raw: bytes, envelope: Envelope, received_at: datetime | None = None
@@ -106,6 +110,7 @@ class InboxWriter:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
         self._task = asyncio.create_task(self._run(), name="inbox-writer")
 
     async def stop(self) -> None:
@@ -114,6 +119,30 @@ class InboxWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+    def _write_group(self, rows: list[dict[str, object]]) -> list[int]:
+        """One group commit, on the writer thread's own connection (reopened after an
+        error: the database may have gone away and come back)."""
+        try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            with self._connection.begin():
+                result = self._connection.execute(
+                    insert(_inbox).returning(_inbox.c.id, sort_by_parameter_order=True), rows)
+                return [int(inbox_id) for inbox_id in result.scalars()]
+        except Exception:
+            self._close()
+            raise
 
     async def accept(self, raw: bytes, envelope: Envelope) -> int:
         """Return once `raw` is committed; raises when it could not be stored."""
@@ -133,7 +162,8 @@ class InboxWriter:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                ids = await asyncio.to_thread(self.write_rows, [p.row for p in batch])
+                ids = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._write_group, [p.row for p in batch])
             except Exception as exc:  # every waiting session gets the error
                 log.error("could not store %d message(s): %s", len(batch), exc)
                 for pending in batch:

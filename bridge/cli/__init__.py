@@ -53,7 +53,7 @@ Handler = Callable[[argparse.Namespace, Context], int | None]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridge.cli import admin, communities, imap, inbox, members, outbound, search
+    from bridge.cli import admin, archive, communities, imap, inbox, members, outbound, search
 
     parser = argparse.ArgumentParser(
         prog="causerie",
@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="settings file (default: $CAUSERIE_CONFIG, else ./settings.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (admin, communities, members, inbox, outbound, imap, search):
+    from bridge.cli import digest
+
+    for module in (admin, communities, members, inbox, outbound, imap, search, archive,
+                   digest):
         module.register(commands)
     return parser
 

@@ -77,6 +77,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_json_flag(st)
     st.set_defaults(handler=cmd_set)
 
+    from bridge.cli.digest import register_stats
+
+    register_stats(sub)
+
     d = sub.add_parser("delete", help="delete a community and its archive",
                        description="Delete a community with its conversations and "
                                    "memberships. The raw mail stays in the inbox.")
