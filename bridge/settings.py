@@ -271,6 +271,7 @@ class ImapMailbox:
     processed_folder: str
     community: str
     poll_interval: int
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -523,6 +524,7 @@ def _imap_mailbox(raw: Any, index: int, base: Path) -> ImapMailbox:
         processed_folder=s.get("processed_folder", _str, "Causerie/Processed"),
         community=s.get("community", _str, ""),
         poll_interval=s.get("poll_interval", _int_range(5, 86_400), 60),
+        ca_file=s.path("ca_file", base, ""),
     )
     if "password" in raw:
         raise SettingsError(f"{s.label} password", "***",
@@ -530,6 +532,9 @@ def _imap_mailbox(raw: Any, index: int, base: Path) -> ImapMailbox:
     s.check_unknown()
     if not box.host:
         raise SettingsError(f"{s.label} host", "", "the IMAP server's host name")
+    if box.after == "move" and box.processed_folder.strip("/") == box.folder.strip("/"):
+        raise SettingsError(f"{s.label} processed_folder", box.processed_folder,
+                            "a folder other than the watched folder")
     if box.tls == "none" and not _is_loopback(box.host):
         raise SettingsError(f"{s.label} tls", "none", "'implicit' or 'starttls' for a remote host")
     if not (box.password_env or box.password_file or box.oauth2_token_command):

@@ -119,7 +119,8 @@ def connect(box: ImapMailbox, secret: Secret, *, ssl_context: ssl.SSLContext | N
     `ssl_context` defaults to the system's trust store (`SSL_CERT_FILE` is honoured);
     `factory` is the seam the tests use to play a misbehaving client.
     """
-    context = ssl_context or ssl.create_default_context()
+    context = ssl_context or ssl.create_default_context(
+        cafile=str(box.ca_file) if box.ca_file else None)
     try:
         if box.tls == "implicit":
             client = factory(box.host, box.port, ssl=True, ssl_context=context,

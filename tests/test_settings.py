@@ -153,3 +153,9 @@ def test_bad_settings_file_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_served_domains_are_not_staff_domains(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"\[instance\] staff_domains = 'example.com'"):
         load(tmp_path, '[instance]\ndomains = ["example.com"]\nstaff_domains = ["example.com"]\n')
+
+
+def test_imap_processed_folder_must_differ(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="processed_folder = 'INBOX'"):
+        load(tmp_path, '[[imap.mailbox]]\nhost = "imap.example.org"\nuser = "u"\n'
+                       'password_env = "X"\nprocessed_folder = "INBOX"\n')
