@@ -57,7 +57,7 @@ def services(app: App) -> list[Service]:
             unix_path=settings.smtp.lmtp_socket))
     parts.extend(imap_services(app, writer))
     parts.append(ProcessorService(wiring.processor(app), writer.arrived))
-    parts.append(OutboundService(app, web=False))
+    parts.append(OutboundService(app))
     parts.append(DigestService(app, wiring.digest_functions(app)))
     parts.append(web_service(app))
     return parts

@@ -44,8 +44,8 @@ def make_token(secret: bytes, kind: str, first: int, second: int = 0) -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
-def read_token(secret: bytes, kind: str, token: str) -> TokenData | None:
-    """The token's numbers when it is genuine and of `kind`, else None."""
+def _decode(token: str, size: int) -> bytes | None:
+    """The bytes of a base32 token (any case, no padding) when it has `size` of them."""
     text = token.strip().upper()
     if not text or len(text) > 64:
         return None
@@ -53,7 +53,13 @@ def read_token(secret: bytes, kind: str, token: str) -> TokenData | None:
         raw = base64.b32decode(text + "=" * (-len(text) % 8))
     except (ValueError, TypeError):
         return None
-    if len(raw) != _PAYLOAD.size + MAC_BYTES:
+    return raw if len(raw) == size else None
+
+
+def read_token(secret: bytes, kind: str, token: str) -> TokenData | None:
+    """The token's numbers when it is genuine and of `kind`, else None."""
+    raw = _decode(token, _PAYLOAD.size + MAC_BYTES)
+    if raw is None:
         return None
     payload, mac = raw[:_PAYLOAD.size], raw[_PAYLOAD.size:]
     if not hmac.compare_digest(mac, _mac(secret, payload)):
@@ -96,14 +102,8 @@ def subscribe_token(secret: bytes, community_id: int, address: str, day: int) ->
 def read_subscribe_token(secret: bytes, token: str, address: str, today: int,
                          max_age_days: int = CONFIRM_DAYS) -> int | None:
     """The community id when `token` was issued to `address` less than `max_age_days` ago."""
-    text = token.strip().upper()
-    if not text or len(text) > 64:
-        return None
-    try:
-        raw = base64.b32decode(text + "=" * (-len(text) % 8))
-    except (ValueError, TypeError):
-        return None
-    if len(raw) != _CONFIRM.size + MAC_BYTES:
+    raw = _decode(token, _CONFIRM.size + MAC_BYTES)
+    if raw is None:
         return None
     payload, mac = raw[:_CONFIRM.size], raw[_CONFIRM.size:]
     expected = _mac(secret, b"confirm:" + payload + address.lower().encode("utf-8"))

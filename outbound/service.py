@@ -1,5 +1,5 @@
-"""The one entry outbound adds to `serve`: the sender (with the moderation sweep) and,
-until the archive's web view serves them, the one-click unsubscribe routes."""
+"""The one entry outbound adds to `serve`: the sender, with the moderation sweep. (The
+one-click unsubscribe and mute routes are served by the web view: bridge.webwiring.)"""
 
 from __future__ import annotations
 
@@ -7,23 +7,17 @@ from bridge.app import App
 from outbound.moderation import Moderation
 from outbound.notices import Notices
 from outbound.sender import Sender
-from outbound.webservice import WebService
 
 
 class OutboundService:
     name = "outbound"
 
-    def __init__(self, app: App, web: bool = True) -> None:
+    def __init__(self, app: App) -> None:
         self.moderation = Moderation(app, Notices(app))
         self.sender = Sender(app, sweeps=[self.moderation.sweep])
-        self.web = WebService(app) if web else None
 
     async def start(self) -> None:
-        if self.web is not None:
-            await self.web.start()
         await self.sender.start()
 
     async def stop(self) -> None:
         await self.sender.stop()
-        if self.web is not None:
-            await self.web.stop()

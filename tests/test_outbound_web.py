@@ -13,9 +13,9 @@ from sqlmodel import Session, select
 from bridge.app import App
 from bridge.models import AuditLog, Membership, Mute
 from bridge.settings import Settings
+from bridge.webwiring import web_service
 from outbound.dmarc import StaticTxtResolver
 from outbound.sender import Sender
-from outbound.webservice import WebService
 from tests.conftest import free_port, write_settings
 from tests.test_outbound_support import (
     by_recipient,
@@ -36,7 +36,7 @@ host = "127.0.0.1"
 port = {port}
 """), environ={"CAUSERIE_INSTANCE__BASE_URL": base})
     app = App(settings)
-    service = WebService(app)
+    service = web_service(app)
     await service.start()
     try:
         yield app, base
