@@ -22,10 +22,10 @@ from tests.conftest import DOMAIN, STAFF_DOMAIN, free_port, write_settings
 from tests.servers import serving, wait_for
 
 
-def make_app(tmp_path: Path, db_url: str, extra: str = "") -> tuple[App, Path]:
+def make_app(tmp_path: Path, db_url: str, smtp_extra: str = "") -> tuple[App, Path]:
     ports = f"\n[smtp]\nport = {free_port()}\nlmtp_host = \"127.0.0.1\"\n" \
             f"lmtp_port = {free_port()}\nmax_recipients = 5\nmax_message_size = 200000\n" \
-            f"[web]\nport = {free_port()}\n{extra}"
+            f"{smtp_extra}[web]\nport = {free_port()}\n"
     path = write_settings(tmp_path, db_url, ports)
     app = App(Settings.load(path, environ={}))
     with app.session() as session:
@@ -276,3 +276,45 @@ def test_postfix_relays_over_lmtp_into_the_archive(tmp_path: Path, db_url: str) 
     finally:
         postfix.stop()
         app.dispose()
+
+
+def test_per_client_limits_answer_421_and_451(tmp_path: Path, db_url: str) -> None:
+    app, _ = make_app(tmp_path, db_url, "max_connections_per_client = 2\n"
+                                        "max_messages_per_minute_per_client = 3\n")
+    with serving(app):
+        first, second = smtp(app), smtp(app)
+        third = smtplib.SMTP()
+        code, text = third.connect("127.0.0.1", app.settings.smtp.port)
+        assert code == 421 and b"4.7.0" in text and b"Too many connections" in text
+        third.close()
+        first.ehlo()
+        for _ in range(3):
+            assert first.mail(f"alice@{STAFF_DOMAIN}")[0] == 250
+            first.rset()
+        code, text = first.mail(f"alice@{STAFF_DOMAIN}")
+        assert code == 451 and text.startswith(b"4.7.1")
+        first.quit()
+        second.quit()
+    app.dispose()
+
+
+def test_starttls_is_offered_with_a_certificate(tmp_path: Path, db_url: str) -> None:
+    import ssl
+
+    from tests.dovecot import make_certificate
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no test certificate")
+    cert, key = make_certificate(tmp_path)
+    app, _ = make_app(tmp_path, db_url, f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    with serving(app):
+        with smtp(app) as client:
+            client.ehlo()
+            assert client.has_extn("starttls")
+            context = ssl.create_default_context(cafile=str(cert))
+            client.starttls(context=context)
+            client.ehlo()
+            client.send_message(mail(ALICE, RD, "Over TLS", "Encrypted on the wire.",
+                                     "tls@example.com"))
+        wait_for(lambda: len(messages(app)) == 1)
+    app.dispose()
