@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from archive.search import Reader, backend_for, visible_communities
+from archive.search.core import visible_only
 from archive.search.plan import Plan, scope
 from archive.search.query import AnyOf, InCommunity, Query, parse
 from bridge.addresses import domain_of
@@ -176,7 +177,7 @@ def rank_people(connection: Connection, query: str, reader: Reader | None, *,
             _message.c.id.in_(chunk), _message.c.status == "published",
             _message.c.author_id.is_not(None))
         if visible is not None:
-            statement = statement.where(_message.c.community_id.in_(visible))
+            statement = statement.where(visible_only(_message.c.community_id, visible))
         matched.extend(connection.execute(statement))
     if not matched:
         return []
@@ -229,32 +230,43 @@ def _best_threads(tally: _Tally, count: int) -> list[int]:
 
 
 def _roles(connection: Connection, conversations: list[int]) -> dict[int, float]:
-    """Each message of these conversations: starter's, reply, first reply or closing."""
-    by_conversation: dict[int, list[Any]] = defaultdict(list)
-    for chunk in _chunks(conversations):
-        for row in connection.execute(
-                select(_message.c.id, _message.c.conversation_id, _message.c.author_id,
-                       _message.c.date)
-                .where(_message.c.conversation_id.in_(chunk),
-                       _message.c.status == "published")):
-            by_conversation[int(row.conversation_id)].append(row)
+    """Each message of these conversations: starter's, reply, first reply or closing.
+
+    The database orders each conversation's messages (by its (conversation, date) index) and
+    only ids and authors come back: thousands of rows per query, where converting dates and
+    sorting in Python cost three times the reading.
+    """
     roles: dict[int, float] = {}
-    for rows in by_conversation.values():
-        rows.sort(key=lambda r: (_aware(r.date), r.id))
-        starter = rows[0].author_id
-        first_reply = next((r.id for r in rows if r.author_id != starter), None)
-        last = rows[-1]
-        for row in rows:
-            if row.author_id == starter:
-                roles[int(row.id)] = STARTER
-                continue
-            role = REPLY
-            if row.id == first_reply:
-                role = FIRST_REPLY
-            if row.id == last.id:
-                role = role + CLOSING - REPLY
-            roles[int(row.id)] = role
+    for chunk in _chunks(conversations):
+        rows = connection.execute(
+            select(_message.c.conversation_id, _message.c.id, _message.c.author_id)
+            .where(_message.c.conversation_id.in_(chunk), _message.c.status == "published")
+            .order_by(_message.c.conversation_id, _message.c.date, _message.c.id)).all()
+        start = 0
+        while start < len(rows):
+            end = start
+            while end < len(rows) and rows[end][0] == rows[start][0]:
+                end += 1
+            _conversation_roles(rows[start:end], roles)
+            start = end
     return roles
+
+
+def _conversation_roles(rows: Sequence[Any], roles: dict[int, float]) -> None:
+    """The roles of one conversation's (conversation, id, author) rows, in date order."""
+    starter = rows[0][2]
+    first_reply = next((row[1] for row in rows if row[2] != starter), None)
+    last = rows[-1][1]
+    for _, message, author in rows:
+        if author == starter:
+            roles[int(message)] = STARTER
+            continue
+        role = REPLY
+        if message == first_reply:
+            role = FIRST_REPLY
+        if message == last:
+            role = role + CLOSING - REPLY
+        roles[int(message)] = role
 
 
 def _people(connection: Connection, person_ids: list[int]) -> dict[int, tuple[str, str, str]]:

@@ -8,14 +8,17 @@ PostgreSQL database), with members spread over four time zones and two languages
 one to three communities on the weekly cadence, three of them managers (vitality section),
 and 5,000 messages of the week before the run in conversations of one to eight messages.
 Then times one `run_digests(app, "weekly", now)` (archive read, ranking, rendering of both
-parts, and one write transaction per person inserting the run row and its delivery row),
-and reports total and per-digest time and the peak resident size (getrusage), as well as
-the Python heap peak measured by tracemalloc in a second, smaller run.
+parts, and the write transactions — persons in groups — inserting the run rows and their
+delivery rows), and reports total and per-digest time (wall and CPU), the wall time spent
+in write transactions, and the peak resident size (getrusage), as well as the Python heap
+peak measured by tracemalloc in a second run with nothing new. The machine's load average
+is printed next to the figures: on a shared machine, wall time is mostly waiting for a core.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
@@ -53,7 +56,7 @@ WORDS = ["invoice", "pricing", "roadmap", "prototype", "release", "customer", "c
 
 def populate(app: App, members: int, communities: int, messages: int, seed: int = 7) -> None:
     rng = random.Random(seed)
-    t = {m.__name__: m.__table__ for m in (Community, Person, Address, Membership,  # type: ignore[attr-defined]
+    t = {m.__name__: m.__table__ for m in (Community, Person, Address, Membership,  # type: ignore[attr-defined,union-attr]
                                            Conversation, Message)}
     start = NOW - timedelta(days=7)
     with app.engine.begin() as c:
@@ -149,8 +152,10 @@ def main() -> None:
         print(f"weekly run: {report.queued} digests queued ({report.empty} empty) for "
               f"{report.persons} members in {report.seconds:.1f} s wall, {cpu:.1f} s CPU; "
               f"{report.seconds / max(report.queued, 1) * 1000:.2f} ms per digest; "
-              f"{report.bytes / max(report.deliveries, 1) / 1024:.1f} KB per digest")
-        print(f"peak RSS {rss:.0f} MiB (before the run: {rss_before:.0f} MiB)")
+              f"{report.bytes / max(report.deliveries, 1) / 1024:.1f} KB per digest; "
+              f"{report.writing:.1f} s wall in write transactions")
+        print(f"peak RSS {rss:.0f} MiB (before the run: {rss_before:.0f} MiB); load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         # tracemalloc slows Python down: measure the heap on a second period, same data
         tracemalloc.start()
         again = run_digests(app, "weekly", NOW + timedelta(days=7))

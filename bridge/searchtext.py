@@ -84,6 +84,18 @@ class Analyzer:
     def __init__(self) -> None:
         self._stemmers = {lang: Stemmer.Stemmer(_SNOWBALL[lang]) for lang in LANGUAGES}
         self._cache: dict[str, dict[str, str]] = {lang: {} for lang in LANGUAGES}
+        # Terms computed ahead by another process (see `remember`), used once each.
+        self._known: dict[tuple[str, str], str] = {}
+
+    def remember(self, text: str, language: str, terms: str) -> None:
+        """Take `terms` as the index terms of (`text`, `language`) the next time they are
+        asked for: an import computes them in its worker processes, so that the search
+        trigger in the writing process does not compute them again."""
+        self._known[(text, index_language(language))] = terms
+
+    def forget(self) -> None:
+        """Drop what `remember` was told and was not asked for."""
+        self._known.clear()
 
     def term(self, word: str, lang: str) -> str:
         """The index term of one folded word in `lang`; "" for a stop word."""
@@ -106,6 +118,10 @@ class Analyzer:
         if not text:
             return ""
         lang = index_language(language or "")
+        if self._known:
+            known = self._known.pop((text, lang), None)
+            if known is not None:
+                return known
         cache = self._cache[lang]
         found = words(text)
         try:
@@ -132,7 +148,12 @@ def sqlite_functions(dbapi_connection: Any, _record: Any = None) -> None:
     Usable directly as a SQLAlchemy "connect" listener. Each connection gets its own analyzer:
     SQLite calls the functions on the thread that runs the statement.
     """
-    analyzer = Analyzer()
+    register_analyzer(dbapi_connection, Analyzer())
+
+
+def register_analyzer(dbapi_connection: Any, analyzer: Analyzer) -> None:
+    """Make the search triggers of this SQLite connection use `analyzer` (one that was told
+    terms ahead with `Analyzer.remember`, for instance)."""
     connection: sqlite3.Connection = getattr(dbapi_connection, "driver_connection",
                                              dbapi_connection)
     text_fn: Callable[[str | None, str | None], str] = analyzer.index_text

@@ -242,6 +242,7 @@ class DigestSettings:
     weekly_time: str
     unanswered_after_hours: int
     max_items: int
+    max_items_per_email: int
     one_email_per_cadence: bool
 
 
@@ -464,6 +465,7 @@ def _build(raw: dict[str, Any], base: Path, source: Path | None) -> Settings:
         weekly_time=s.get("weekly_time", _time_of_day, "07:30"),
         unanswered_after_hours=s.get("unanswered_after_hours", _int_range(1, 24 * 60), 24),
         max_items=s.get("max_items", _int_range(1, 1000), 30),
+        max_items_per_email=s.get("max_items_per_email", _int_range(1, 1000), 30),
         one_email_per_cadence=s.get("one_email_per_cadence", _bool, True),
     )
     s.check_unknown()

@@ -42,6 +42,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
@@ -114,7 +115,7 @@ def _readable(value: str) -> str:
     if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes kept by the parser
         text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     if "=?" in text:
-        with contextlib.suppress(ValueError, LookupError, UnicodeError):
+        with contextlib.suppress(ValueError, LookupError, UnicodeError, HeaderParseError):
             text = str(make_header(decode_header(text)))
     return " ".join(text.split())
 
@@ -130,11 +131,35 @@ def header_values(msg: Message, name: str) -> list[str]:
     return [_readable(value) for value in _raw_values(msg, name)]
 
 
+# The common shapes of a From field — `addr`, `Name <addr>`, `addr (Name)` — with nothing
+# in them that the full parser could read differently (no quotes, commas, dots or
+# parentheses in the name, no dot at either end of the local part): their address is read
+# directly. classify() reads the From address several times a message, and
+# email.utils.getaddresses was the largest part of classifying a plain post.
+_PLAIN_LOCAL = r"[A-Za-z0-9_+\-]+(?:\.[A-Za-z0-9_+\-]+)*"
+_PLAIN_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?"
+_PLAIN_FROM_RE = re.compile(
+    rf"^(?:[\w \-']*<({_PLAIN_LOCAL}@{_PLAIN_DOMAIN})>"
+    rf"|({_PLAIN_LOCAL}@{_PLAIN_DOMAIN})(?:\s+\([\w \-']*\))?)$")
+
+
+def plain_address(text: str) -> str | None:
+    """The address of `text` as written when it has one of the common shapes that
+    email.utils.getaddresses reads the same way (see _PLAIN_FROM_RE), else None."""
+    plain = _PLAIN_FROM_RE.match(text.strip())
+    if plain is None or ".." in text:
+        return None
+    return plain.group(1) or plain.group(2)
+
+
 def normalise_address(text: str) -> str:
     """The bare, lower-cased address in `text` (a header value or an addr-spec), or ""."""
     text = text.strip()
     if not text:
         return ""
+    plain = plain_address(text)
+    if plain is not None:
+        return plain.lower()
     pairs = getaddresses([text])
     for _, addr in pairs:
         addr = addr.strip().strip("<>").strip().lower()
@@ -207,7 +232,10 @@ def _payload_bytes(part: Message) -> bytes | None:
     The email package's quoted-printable decoder does not treat a lone CR as a line end and
     loses text after it; normalising the line ends before decoding keeps it all.
     """
-    payload = part.get_payload()
+    try:
+        payload = part.get_payload()
+    except ValueError:  # 8-bit text with a charset Python cannot decode ("idna", a NUL)
+        return None
     if not isinstance(payload, str) or "\r" not in payload:
         return None
     text = payload.replace("\r\n", "\n").replace("\r", "\n")
@@ -911,7 +939,10 @@ def _attached_messages(msg: Message) -> Iterator[Message]:
         ptype = content_type(part)
         if ptype not in _ORIGINAL_TYPES:
             continue
-        payload = part.get_payload()
+        try:
+            payload = part.get_payload()
+        except ValueError:  # 8-bit text with a charset Python cannot decode: no message
+            continue
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             yield payload[0]
         elif isinstance(payload, str):

@@ -29,7 +29,7 @@ from bridge.addresses import normalise_address
 from inbound.reply_text import split_reply
 
 _SEPARATOR = re.compile(
-    r"^\s*(?:-{2,}|_{2,}|={2,})?\s*(?:"
+    r"^\s*(?:(?:-{2,}|_{2,}|={2,})\s*)?(?:"
     r"forwarded message|original message|message transf[ée]r[ée]|message d'origine|"
     r"weitergeleitete nachricht|urspr[üu]ngliche nachricht|mensaje reenviado|"
     r"mensaje original|messaggio inoltrato|messaggio originale|doorgestuurd bericht|"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import email
+import email.parser
 import email.policy
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
@@ -64,15 +65,24 @@ class ParsedMail:
         return decode_words(str(value)) if value is not None else ""
 
 
-def decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words, tolerating unknown charsets and bad encodings."""
+def decode_words(value: str | Header) -> str:
+    """Decode RFC 2047 encoded words, tolerating unknown charsets and bad encodings.
+
+    `value` may be a `Header`: the compat32 parser returns one for a header with raw 8-bit
+    bytes (`get_all("To")` on such mail); it is read as its text.
+    """
+    value = str(value)
     if "=?" not in value:
         return " ".join(value.split())
     try:
         return " ".join(str(make_header(decode_header(value))).split())
     except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+        try:
+            chunks = decode_header(value)
+        except email.errors.HeaderParseError:  # a word that is not base64: keep the text
+            return " ".join(value.split())
         parts = []
-        for chunk, charset in decode_header(value):
+        for chunk, charset in chunks:
             if isinstance(chunk, bytes):
                 try:
                     parts.append(chunk.decode(charset or "ascii", "replace"))
@@ -86,13 +96,17 @@ def decode_words(value: str) -> str:
 def message_ids(value: str) -> list[str]:
     """The ids in an In-Reply-To or References header, in order, without brackets."""
     ids = _MSGID_RE.findall(value)
-    if not ids and value.strip() and " " not in value.strip():
+    if not ids and len(value.split()) == 1:  # no whitespace of any kind (\x0b, U+2028)
         ids = [value.strip().strip("<>")]  # a bare id, as some clients write it
     unique: list[str] = []
     for value_id in ids:
         if value_id not in unique:
             unique.append(value_id)
     return unique
+
+
+def _no_nul(value: str) -> str:
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 def derived_message_id(raw: bytes, domain: str) -> str:
@@ -186,7 +200,7 @@ def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Atta
         disposition = (item.get("content-disposition") or "").lower()
         content_id = (item.get("content-id") or "").strip().strip("<>")
         result.append(Attachment(
-            filename=decode_words(item.get("filename") or "")[:255] or "attachment",
+            filename=_no_nul(decode_words(item.get("filename") or ""))[:255] or "attachment",
             content_type=(item.get("mail_content_type") or "application/octet-stream").lower(),
             payload=data,
             inline=disposition.startswith("inline") or (bool(content_id)
@@ -207,7 +221,11 @@ def parse(raw: bytes, *, received_at: datetime, domain: str) -> ParsedMail:
         defects.extend(str(d) for d in (parsed.defects_categories or []))
     except Exception as exc:  # mail-parser fails in many ways on bad mail
         defects.append(f"MIME structure unreadable ({type(exc).__name__}): kept as text")
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        try:
+            message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        except RecursionError:  # nesting deeper than the stdlib parser's recursion allows
+            message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+                raw, headersonly=True)
         payload = message.get_payload(decode=True) if not message.is_multipart() else b""
         text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
         html, attachments = "", []
@@ -222,12 +240,15 @@ def parse(raw: bytes, *, received_at: datetime, domain: str) -> ParsedMail:
     from_address = normalise_address(from_addr) if from_addr else ""
     if not from_address:
         defects.append("no valid From address")
+    # PostgreSQL text cannot hold NUL (SQLite can): drop it from every stored text value.
+    text, html, subject = _no_nul(text), _no_nul(html), _no_nul(str(message.get("Subject", "")))
+    message_id, from_name = _no_nul(message_id), _no_nul(from_name)
     return ParsedMail(
         message=message,
         message_id=message_id,
-        in_reply_to=(message_ids(str(message.get("In-Reply-To", ""))) or [""])[0],
-        references=message_ids(str(message.get("References", "")))[-50:],
-        subject=decode_words(str(message.get("Subject", "")))[:998],
+        in_reply_to=(message_ids(_no_nul(str(message.get("In-Reply-To", "")))) or [""])[0],
+        references=message_ids(_no_nul(str(message.get("References", ""))))[-50:],
+        subject=decode_words(subject)[:998],
         from_address=from_address,
         from_name=from_name.strip().strip('"')[:200],
         to=_addresses(message.get_all("To", []) or []),

@@ -40,6 +40,7 @@ from bridge.events import Bounce, Handlers, IncomingMail, Outcome
 from bridge.fanout import choose as choose_recipients
 from bridge.fanout import delivery_rows
 from bridge.models import Attachment, Community, Conversation, Held, InboxItem, Message
+from bridge.searchtext import Analyzer, register_analyzer
 from bridge.tokens import read_token
 from inbound.authorise import authorise
 from inbound.batch import Batch, Staged
@@ -85,6 +86,9 @@ class Prepared:
     extracted: Extracted | None = None
     dmarc: str = "none"
     error: str = ""
+    # (text, language, index terms) computed ahead, in another process (an import's
+    # workers): the SQLite search trigger takes them instead of computing them again.
+    index_terms: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -190,6 +194,13 @@ class Processor:
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update()  # another instance may hold them too
             statuses = dict(connection.execute(query).all())
+            ahead = [terms for p in prepared_batch for terms in p.index_terms]
+            analyzer: Analyzer | None = None
+            if ahead and connection.dialect.name == "sqlite":
+                analyzer = Analyzer()
+                for text, language, terms in ahead:
+                    analyzer.remember(text, language, terms)
+                register_analyzer(connection.connection.dbapi_connection, analyzer)
             batch = Batch(connection, self.settings, now,
                           [p.parsed for p in prepared_batch])
             for prepared in prepared_batch:
@@ -216,6 +227,8 @@ class Processor:
                           prepared.parsed.message_id if prepared.parsed else "?", result.kind,
                           status, reason)
             batch.flush()
+            if analyzer is not None:
+                analyzer.forget()  # the terms of messages not stored (held, rejected...)
 
     def _failed(self, connection: Connection, prepared: Prepared, exc: Exception) -> None:
         attempts = prepared.row.attempts + 1
@@ -447,10 +460,12 @@ class Processor:
         parsed, extracted = prepared.parsed, prepared.extracted
         assert parsed is not None and extracted is not None
         now = batch.now
-        author_id = ensure_sender(connection, sender, parsed.from_name, now)
-        if sender.person_id is None:
-            staged.senders[sender.address] = Sender(author_id, sender.address, sender.kind,
-                                                    sender.language)
+        author_id: int | None = None
+        if sender.address:  # no readable From: an unknown author, not a person named ""
+            author_id = ensure_sender(connection, sender, parsed.from_name, now)
+            if sender.person_id is None:
+                staged.senders[sender.address] = Sender(author_id, sender.address,
+                                                        sender.kind, sender.language)
         choice = self.choose(connection, batch, community.id, parsed, token_conversation)
         if choice.how == "new" and extracted.forwarded:
             choice = self.choose_forwarded(batch, community.id, extracted.forwarded)

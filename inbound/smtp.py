@@ -206,6 +206,10 @@ class GatewayServer:
                      timeout=300)
         server.limits = self.handler.limits
         server.max_size = self.settings.max_message_size
+        # A message with bare LF line ends is one long "line" to aiosmtpd: allow lines as
+        # long as a whole message (memory is bounded by the size limit anyway).
+        server.line_length_limit = max(server.line_length_limit,
+                                       self.settings.max_message_size + 1024)
         return server
 
     async def start(self) -> None:

@@ -8,7 +8,8 @@ so under load each fsync serves many messages, and no session is answered before
 message is on disk.
 
 Mail larger than `inline_limit` goes to the content store first (fsynced file), then its
-row; smaller mail is kept in the row itself.
+row; smaller mail is kept in the row itself (zlib-compressed by the column type,
+`bridge.models.RawMail`: readers get the exact bytes back).
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ class InboxWriter:
         self._connection: Connection | None = None
         self.arrived = asyncio.Event()  # set after each committed batch (wakes the processor)
 
-    def row(self, raw: bytes, envelope: Envelope, received_at: datetime | None = None
-            ) -> dict[str, object]:
-        """The inbox row for `raw`; large mail is written to the content store first."""
-        digest = hashlib.sha256(raw).hexdigest()
+    def row(self, raw: bytes, envelope: Envelope, received_at: datetime | None = None,
+            digest: str | None = None) -> dict[str, object]:
+        """The inbox row for `raw`; large mail is written to the content store first.
+
+        `digest`: the sha256 of `raw` when the caller has already computed it."""
+        digest = digest or hashlib.sha256(raw).hexdigest()
         inline = len(raw) <= self.inline_limit
         if not inline:
             self.blobs.put(raw, digest)

@@ -203,7 +203,23 @@ class Sender:
     # -- service -----------------------------------------------------------------------------
     async def start(self) -> None:
         self._stop.clear()
+        released = await asyncio.to_thread(self.release_leases)
+        if released:
+            log.info("%d deliveries claimed by a previous run are due again", released)
         self._task = asyncio.create_task(self._run(), name="causerie-sender")
+
+    def release_leases(self) -> int:
+        """With SQLite (one instance by design), rows a previous run claimed and did not
+        record are due at once instead of when their lease ends. (Rows waiting for a retry
+        may be tried a little early: harmless.)"""
+        if self.is_postgres:
+            return 0
+        now = self.app.clock.now()
+        with self.app.engine.begin() as connection:
+            return connection.execute(update(_delivery).where(
+                _delivery.c.status == "pending", _delivery.c.next_attempt_at > now,
+                _delivery.c.next_attempt_at <= now + LEASE)
+                .values(next_attempt_at=now)).rowcount
 
     async def stop(self) -> None:
         self._stop.set()

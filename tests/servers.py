@@ -82,10 +82,10 @@ class ServeProcess:
 
     def start(self, timeout: float = 30) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "--config", str(self.settings_path), "serve"],
-            stdout=log, stderr=subprocess.STDOUT)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "--config", str(self.settings_path), "serve"],
+                stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: b"causerie is running" in self.log_path.read_bytes()[offset:]
                  or self.process.poll() is not None, timeout)  # type: ignore[union-attr]
         if self.process.poll() is not None:

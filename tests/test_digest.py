@@ -166,14 +166,44 @@ def test_a_run_killed_half_way_resumes_without_a_second_copy(app: App) -> None:
     def kill(person_id: int) -> None:
         raise Killed
 
-    with pytest.raises(Killed):
-        run_digests(app, "daily", NOW, after_person=kill)
+    with pytest.raises(Killed):  # one person per transaction: killed after the first
+        run_digests(app, "daily", NOW, after_person=kill, group=1)
     assert len(digests(app)) == 1
     report = run_digests(app, "daily", NOW)
     assert (report.queued, report.already) == (1, 1)
     got = digests(app)
     assert {k: len(v) for k, v in got.items()} == {world.people["alice"]: 1,
                                                     world.people["bob"]: 1}
+
+
+def test_a_group_killed_before_its_commit_leaves_nothing_and_is_redone(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Persons are written in groups: a crash inside a group's transaction (its run rows
+    inserted, its deliveries not yet) rolls the whole group back; the next run sends each
+    person one digest."""
+    import outbound.digest.run as run_module
+
+    world = build(app)
+
+    class Killed(Exception):
+        pass
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    real = run_module._insert_deliveries
+    monkeypatch.setattr(run_module, "_insert_deliveries", die)
+    with pytest.raises(Killed):
+        run_digests(app, "daily", NOW)
+    monkeypatch.setattr(run_module, "_insert_deliveries", real)
+    assert digests(app) == {}
+    with app.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(
+            DigestRun.__table__)).scalar() == 0  # type: ignore[attr-defined]
+    report = run_digests(app, "daily", NOW)
+    assert (report.queued, report.already) == (2, 0)
+    assert {k: len(v) for k, v in digests(app).items()} == {world.people["alice"]: 1,
+                                                            world.people["bob"]: 1}
 
 
 def test_two_schedulers_at_once_send_each_digest_once(app: App) -> None:
@@ -236,3 +266,26 @@ def test_a_reply_to_the_digest_is_explained_once(app: App) -> None:
     notice = email.message_from_bytes(rows[0].raw, policy=policy.default)
     assert notice["Auto-Submitted"] == "auto-replied"
     assert "Reply by email" in notice.get_body().get_content()  # type: ignore[union-attr]
+
+
+def test_a_long_digest_is_cut_fairly_with_more_on_the_web(app: App) -> None:
+    """At most [digest] max_items_per_email items in one email, shared between communities
+    and sections; each community says how many more are on the web."""
+    from tests.test_digest_fixtures import post
+
+    world = build(app)
+    with app.session() as session:
+        for n in range(30):
+            post(session, world, "sales", "erin", f"Sales topic {n}", at(9, 10, n), key=f"s{n}")
+            post(session, world, "rnd", "erin", f"Lab topic {n}", at(9, 11, n), key=f"r{n}")
+    run_digests(app, "daily", NOW)
+    text, html = parts(digests(app)[world.people["alice"]][0])
+    shown = conversations(text)
+    assert shown == conversations(html)
+    assert len(shown) == app.settings.digest.max_items_per_email == 30
+    # sales: 31 new (14 shown), old (active), help (unanswered); rnd: 31 new (14 shown)
+    assert ids(world, "old", "help", "proto") <= shown
+    assert ids(world, *(f"s{n}" for n in range(16, 30))) <= shown   # the newest first
+    assert not ids(world, "pricing", *(f"s{n}" for n in range(16))) & shown
+    assert text.count("17 autres sur le web") == 2 and html.count("17 autres sur le web") == 2
+    assert "https://causerie.example.com/c/sales" in text

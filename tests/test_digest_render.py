@@ -15,7 +15,7 @@ from sqlalchemy import func, inspect, select
 from bridge.app import App
 from bridge.clock import FixedClock
 from bridge.models import Delivery
-from outbound.digest import run_digests
+from outbound.digest import RunReport, run_digests
 from outbound.digest.service import DigestService
 from tests.test_digest_fixtures import NOW, build
 
@@ -28,6 +28,7 @@ def first_digest(app: App) -> EmailMessage:
     with app.engine.connect() as connection:
         raw = connection.execute(select(table.c.raw).where(table.c.kind == "digest")
                                  .order_by(table.c.id)).scalars().first()
+    assert raw is not None
     message = email.message_from_bytes(raw, policy=policy.default)
     assert isinstance(message, EmailMessage)
     return message
@@ -78,7 +79,7 @@ def test_html_renders_in_chromium_and_text_has_every_item(app: App) -> None:
 async def test_scheduler_service_runs_due_digests_once(app: App) -> None:
     build(app)
     timed = App(app.settings, clock=FixedClock(NOW))
-    reports = []
+    reports: list[RunReport] = []
     service = DigestService(timed, on_report=reports.append)
     await service.start()
     try:
@@ -105,3 +106,44 @@ async def test_scheduler_service_runs_due_digests_once(app: App) -> None:
     with timed.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(table)).scalar() == 3
     timed.dispose()
+
+
+def test_items_encoded_once_give_the_bytes_of_encoding_the_whole() -> None:
+    """`encode` leaves holes for tokens even where a soft line break cuts one."""
+    import binascii
+
+    from bridge.tokens import reply_token
+    from outbound.compose import qp
+    from outbound.digest.render import TOKEN_LENGTH, TOKEN_SLOT, encode
+
+    token = reply_token(b"secret", 12345, 678)
+    assert len(token) == TOKEN_LENGTH
+    for column in range(0, 90, 7):
+        for prefix in ("x", "é", "="):
+            text = (f"{prefix * column}{TOKEN_SLOT}@lists.example.org\n"
+                    f"  Répondre: reply+{TOKEN_SLOT} and <a href=\"mailto:{TOKEN_SLOT}\">\n")
+            assert encode(text).fill(token.encode()) == qp(text.replace(TOKEN_SLOT, token))
+    plain = "no token here = none\n"
+    assert encode(plain).fill(b"") == qp(plain)
+    assert binascii.a2b_qp(qp(plain)).replace(b"\r\n", b"\n") == plain.encode()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_digest_parts_are_exactly_the_encoding_of_their_text(app: App) -> None:
+    """Parts assembled from pieces encoded apart are byte for byte `qp(whole text)`."""
+    from outbound.compose import qp
+
+    build(app)
+    run_digests(app, "daily", NOW)
+    run_digests(app, "weekly", NOW)
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    with app.engine.connect() as connection:
+        raws = connection.execute(select(table.c.raw)).scalars().all()
+    assert len(raws) == 3
+    for raw in raws:
+        message = email.message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        for part in message.iter_parts():
+            encoded = str(part.get_payload()).encode("ascii").replace(b"\r\n", b"\n")
+            decoded = part.get_content().replace("\r\n", "\n")  # type: ignore[attr-defined]
+            assert encoded.rstrip(b"\n") == qp(decoded).replace(b"\r\n", b"\n").rstrip(b"\n")

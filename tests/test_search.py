@@ -464,3 +464,61 @@ def test_cli_search_json(app: App, archive: Archive, corpus: dict[str, int],
     code = main(["--config", str(settings_path), "search", "meeting", "--limit", "1"])
     out, _ = capsys.readouterr()
     assert code == 0 and "SUBJECT" in out and len(out.strip().splitlines()) == 2
+
+
+def test_sqlite_relevance_is_bm25_of_the_whole_query(app: App, archive: Archive,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """bm25 is computed on the text phrases alone, on the candidates the whole expression
+    found (sqlite.py): each candidate's relevance is what bm25 gives it over the whole
+    expression, filters, exclusions and permission terms included."""
+    if app.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's bm25")
+    from archive.search import sqlite as fts
+    from archive.search.plan import Meta, Plan
+
+    dev, ops = archive.community("dev"), archive.community("ops")
+    secret = archive.community("secret", "private")
+    texts = ["budget meeting on Monday", "the budget, the budget and the budget",
+             "server down during the meeting", "budget for the new server",
+             "meeting notes: budget approved", "lunch menu"]
+    for i in range(18):
+        archive.post((dev, ops, secret)[i % 3], f"Topic {i}" + (" budget" if i % 4 else ""),
+                     texts[i % len(texts)], has_attachments=i % 5 == 0,
+                     from_name="Bob Stone" if i % 2 else "Alice Martin",
+                     from_address="bob@example.org" if i % 2 else "alice@example.com",
+                     date=NOW - timedelta(days=100 * i))
+    queries = ["budget", "budget community:dev", "budget meeting -server",
+               "budget before:2025-01-01", "from:bob budget", "meeting OR has:attachment",
+               "budget OR server -lunch", '"budget approved" in:subject', "-budget"]
+    backend = fts.SqliteBackend()
+
+    def check(sparse: int, common_sample: int, tolerance: float) -> None:
+        monkeypatch.setattr(fts, "SPARSE", sparse)
+        monkeypatch.setattr(fts, "COMMON_SAMPLE", common_sample)
+        with app.reader.connect() as connection:
+            for query in queries:
+                planned = backend.plan(connection, parse(query), {"dev": dev})
+                for scoped in (planned,
+                               Plan(planned.include, (*planned.exclude, Meta((f"c{secret}",)))),
+                               Plan((*planned.include, Meta((f"c{dev}", f"c{ops}"))),
+                                    planned.exclude)):
+                    expected = dict(connection.execute(text(
+                        f"SELECT rowid, -{fts._BM25} FROM message_search "
+                        "WHERE message_search MATCH :q"),
+                        {"q": fts.match_expression(scoped)}).all())
+                    found = dict(backend.candidates(connection, scoped, window=100, pool=100))
+                    assert found == pytest.approx(expected, abs=tolerance), query
+                    newest = backend.candidates(connection, scoped, window=3, pool=3)
+                    assert sorted(i for i, _ in newest) == sorted(expected)[-3:], query
+
+    check(sparse=8, common_sample=2000, tolerance=1e-9)
+    check(sparse=0, common_sample=2000, tolerance=1e-9)    # community terms in step 2 too
+    # "budget" is in more than half of the newest four: left out of bm25, where its idf is
+    # about 0 (FTS5 gives it 1e-6), so the scores hardly move.
+    with app.reader.connect() as connection:
+        monkeypatch.setattr(fts, "COMMON_SAMPLE", 4)
+        cursor = connection.connection.cursor()
+        planned = backend.plan(connection, parse("budget meeting"), {})
+        assert fts._common(cursor, fts.ranking_phrases(planned)) == {
+            ("{subject body}", "budget")}
+    check(sparse=8, common_sample=4, tolerance=1e-4)

@@ -32,7 +32,12 @@ from archive.search.query import (
     Words,
     parse,
 )
-from archive.search.sqlite import SqliteBackend, match_expression
+from archive.search.sqlite import (
+    SqliteBackend,
+    match_expression,
+    ranking_phrases,
+    relevance_expression,
+)
 from bridge.searchtext import Analyzer, address_term, author_text, fold, words
 
 
@@ -211,3 +216,32 @@ def test_renderings() -> None:
 def test_empty_query_plans_nothing() -> None:
     assert Query().empty
     assert plan("").include == () and plan("").exclude == ()
+
+
+def test_relevance_expression_keeps_the_text_of_the_query() -> None:
+    """bm25 is computed on the positive text alone (sqlite.py): filters and exclusions are out,
+    authors stay in an AND (cheap, and they narrow), and every candidate still matches it."""
+    p = plan('budget "weekly meeting" -draft from:bob has:attachment community:dev', {"dev": 7})
+    assert relevance_expression(p) == (
+        '({subject body} : ("budget")) AND ({subject body} : ("week meet" OR "weekly meeting"))'
+        ' AND ({author} : ("bob"))')
+    assert relevance_expression(plan("has:attachment -draft")) is None
+    assert relevance_expression(plan("from:bob")) is None
+    # An OR of text alone stays one constraint of the AND.
+    assert relevance_expression(plan("mac OR macos crash")) == (
+        '((({subject body} : ("mac")) OR ({subject body} : ("maco" OR "macos")))) AND '
+        '({subject body} : ("crash"))')
+    # A candidate may match through the filter alone: each text phrase is scored on its own.
+    assert relevance_expression(plan("mac OR has:attachment crash")) == (
+        '({subject body} : ("mac")) OR ({subject body} : ("crash"))')
+
+
+def test_relevance_expression_leaves_out_common_phrases() -> None:
+    p = plan("r cmd check")
+    assert ranking_phrases(p) == [("{subject body}", "r"), ("{subject body}", "cmd"),
+                                  ("{subject body}", "check")]
+    assert relevance_expression(p, {("{subject body}", "r")}) == (
+        '({subject body} : ("cmd")) AND ({subject body} : ("check"))')
+    # Left out of an OR, a phrase could be what a candidate matched: each phrase on its own.
+    assert relevance_expression(plan("r OR cmd check"), {("{subject body}", "r")}) == (
+        '({subject body} : ("cmd")) OR ({subject body} : ("check"))')

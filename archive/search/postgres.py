@@ -37,6 +37,9 @@ from archive.search.plan import (
 )
 from archive.search.query import Query
 
+FIRST_SPAN = 8      # the first range of ids asked: the window's size times this
+SPAN_GROWTH = 8     # each next range, this many times wider
+
 # ts_rank weights, in the order {D (body), C, B, A (subject)}.
 _WEIGHTS = "'{0.3, 0, 0, 1}'"
 
@@ -102,6 +105,30 @@ def tsquery(plan: Plan) -> str:
     return expression
 
 
+def _newest(connection: Connection, query: str, window: int) -> list[int]:
+    """The ids of the newest `window` messages matching `query`, newest first.
+
+    Asked for in ranges of ids, newest first, each `SPAN_GROWTH` times wider than the last,
+    until the window is full: `ORDER BY id DESC LIMIT` over the whole GIN match would visit
+    and recheck every matching row in the heap (18,000 rows, 128 ms for "error" on the bench's
+    archive) to keep the newest 500. In a range, only the matches in it are visited.
+    """
+    high = connection.execute(text("SELECT max(id) FROM message")).scalar()
+    if high is None:
+        return []
+    found: list[int] = []
+    span = window * FIRST_SPAN
+    while True:
+        low = max(0, int(high) - span)
+        found += connection.execute(text(
+            "SELECT id FROM message WHERE search_vector @@ CAST(:q AS tsquery) "
+            "AND id > :low AND id <= :high ORDER BY id DESC LIMIT :n"),
+            {"q": query, "low": low, "high": high, "n": window - len(found)}).scalars()
+        if len(found) >= window or low == 0:
+            return [int(i) for i in found]
+        high, span = low, span * SPAN_GROWTH
+
+
 class PostgresBackend:
     """PostgreSQL full-text search."""
 
@@ -113,15 +140,17 @@ class PostgresBackend:
 
     def candidates(self, connection: Connection, plan: Plan, *, window: int,
                    pool: int) -> list[tuple[int, float]]:
+        ids = _newest(connection, tsquery(plan), window)
+        if not ids:
+            return []
         terms = plan.text_terms
-        rank = (f"ts_rank({_WEIGHTS}, m.search_vector, CAST(:rq AS tsquery), 1)" if terms
-                else "0.0")
+        if not terms:
+            return [(i, 0.0) for i in ids[:pool]]
         rows = connection.execute(text(
-            f"SELECT w.id, {rank} AS rel FROM (SELECT id FROM message "
-            "WHERE search_vector @@ CAST(:q AS tsquery) ORDER BY id DESC LIMIT :window) w "
-            "JOIN message m ON m.id = w.id ORDER BY rel DESC, w.id DESC LIMIT :pool"),
-            {"q": tsquery(plan), "rq": " | ".join(quote(t) for t in terms),
-             "window": window, "pool": pool})
+            f"SELECT id, ts_rank({_WEIGHTS}, search_vector, CAST(:rq AS tsquery), 1) AS rel "
+            "FROM message WHERE id = ANY(CAST(:ids AS integer[])) "
+            "ORDER BY rel DESC, id DESC LIMIT :pool"),
+            {"rq": " | ".join(quote(t) for t in terms), "ids": ids, "pool": pool})
         return [(int(row.id), float(row.rel)) for row in rows]
 
     def counts(self, connection: Connection, plan: Plan,

@@ -23,6 +23,8 @@ _WORD_START = re.compile(r"(?<![^\W_])[^\W_]")
 _WORD_END = re.compile(r"[^\W_](?![^\W_])")
 WIDTH = 220      # characters in a snippet, about 30 words
 LEAD = 50        # characters shown before the first match
+SCAN = 20_000    # characters of a message looked at: a match further on (in a pasted log) is
+                 # not shown, the snippet is then the beginning; the whole body would cost ms
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Snippet:
 
 def _fold_in_place(text: str) -> str:
     """`text` lower-cased and without accents, one character for one (positions kept)."""
+    if text.isascii():
+        return text.lower()  # the same, without a table built from every character
     table = {ord(c): (fold(c) or c)[:1] for c in set(text) if not c.isascii() or c.isupper()}
     return text.translate(table)
 
@@ -59,13 +63,19 @@ def _matches(body: str, language: str, terms: Collection[str],
 def snippet(body: str, language: str, terms: Collection[str], analyzer: Analyzer,
             width: int = WIDTH) -> Snippet:
     """About `width` characters of `body` around the most distinct `terms`, on word bounds."""
-    body = _SPACES.sub(" ", body).strip()
+    body = _SPACES.sub(" ", body[:SCAN]).strip()
     matches = _matches(body, language, terms, analyzer)
-    best, best_count = 0, 0
+    best, best_count, distinct = 0, 0, len({term for _, _, term in matches})
     for i, (start, _, _) in enumerate(matches):
-        count = len({term for s, _, term in matches[i:] if s < start + width - LEAD})
-        if count > best_count:
-            best, best_count = i, count
+        if best_count == distinct:
+            break  # no later window can hold more
+        shown: set[str] = set()
+        for begin, _, term in matches[i:]:   # in order of position
+            if begin >= start + width - LEAD:
+                break
+            shown.add(term)
+        if len(shown) > best_count:
+            best, best_count = i, len(shown)
     begin = max(0, matches[best][0] - LEAD) if matches else 0
     if begin:
         word = _WORD_START.search(body, begin)

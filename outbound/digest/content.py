@@ -19,6 +19,11 @@ Ranking within a section (what the reader most likely cares about first): conver
 they took part in, then replies to their own messages, then questions on topics they have
 written about (words of the subjects of their conversations) or that the people finder
 says they could answer; newest first among equals.
+
+Length: a section shows at most `[digest] max_items`, and one email at most
+`[digest] max_items_per_email`
+in all, shared fairly between its sections (`share`): a digest is read when it is short,
+and the rest is one "N more on the web" link per community away.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Protocol
 
 from sqlalchemy import select
@@ -47,17 +53,29 @@ _CHUNK = 900
 
 
 class GoalLike(Protocol):
-    """What the digest reads of a vitality goal (archive.vitality.GoalResult fits)."""
+    """What the digest reads of a vitality goal (archive.vitality.GoalResult fits).
 
-    key: str
-    metric: str
-    hours: int
-    kind: str
-    target: float
-    window: str
-    value: float | None
-    previous: float | None
-    met: bool | None
+    Read-only members, so that a frozen dataclass satisfies it.
+    """
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def hours(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> float: ...
+    @property
+    def window(self) -> str: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def previous(self) -> float | None: ...
+    @property
+    def met(self) -> bool | None: ...
 
 
 # (community_id, period "week"/"month", end) -> goals measured
@@ -87,6 +105,11 @@ class Item:
     participants: frozenset[int]     # everyone who ever wrote in the conversation
     parent_authors: frozenset[int]   # whose messages got the period's replies
     words: frozenset[str]
+
+    @cached_property
+    def order(self) -> float:
+        """`latest` as a number: ten thousand readers sort the same items."""
+        return self.latest.timestamp()
 
 
 @dataclass(frozen=True)
@@ -173,15 +196,16 @@ class Archive:
                                               c.last_activity >= window_start,
                                               c.started_at < self.until)):
                 self.conversations[row.id] = _Conv(*row)
-            for row in self.connection.execute(
+            for message in self.connection.execute(
                     select(m.id, m.conversation_id, m.community_id, m.author_id, m.from_name,
                            m.from_address, m.date, m.parent_id)
                     .where(m.community_id.in_(chunk), m.date >= self.since,
                            m.date < self.until, published)
                     .order_by(m.date)):
-                self.messages.setdefault(row.community_id, []).append(_Msg(
-                    row.id, row.conversation_id, row.author_id,
-                    _name(row.from_name, row.from_address), row.date, row.parent_id))
+                self.messages.setdefault(message.community_id, []).append(_Msg(
+                    message.id, message.conversation_id, message.author_id,
+                    _name(message.from_name, message.from_address), message.date,
+                    message.parent_id))
             # who ever wrote in the conversations of the window (for "you took part")
             recent = sorted(k for k, v in self.conversations.items() if v.community_id in chunk)
             for part in _chunks(recent):
@@ -261,14 +285,14 @@ class Archive:
         new: list[Item] = []
         active: list[Item] = []
         for conversation_id, msgs in in_period.items():
-            conv = self.conversations.get(conversation_id)
-            if conv is None or conversation_id in seen:
+            found = self.conversations.get(conversation_id)
+            if found is None or conversation_id in seen:
                 continue
-            if start <= conv.started_at < end:
-                replies = [m for m in msgs if m.date > conv.started_at or m.parent_id]
-                new.append(self._item(conv, replies))
+            if start <= found.started_at < end:
+                replies = [m for m in msgs if m.date > found.started_at or m.parent_id]
+                new.append(self._item(found, replies))
             else:
-                active.append(self._item(conv, msgs))
+                active.append(self._item(found, msgs))
         newest = lambda item: item.latest  # noqa: E731
         contributors = tuple(sorted(authors.items(), key=lambda kv: (-kv[1], kv[0]))
                              [:TOP_CONTRIBUTORS])
@@ -298,8 +322,28 @@ def rank(items: Sequence[Item], person_id: int, words: frozenset[str],
             score += 4
         if person_id in item.parent_authors:
             score += 3
-        if item.conversation_id in could_answer or (words & item.words):
+        if item.conversation_id in could_answer or not words.isdisjoint(item.words):
             score += 2
-        return (-score, -item.latest.timestamp())
+        return (-score, -item.order)
     return sorted((i for i in items if i.conversation_id not in muted), key=key)
 
+def share(sizes: Sequence[int], total: int) -> list[int]:
+    """How many items of each list to show so that at most `total` are shown in all.
+
+    Fair shares: every list gets as many as the others unless it has fewer, and what a
+    short list leaves goes to the longer ones (earlier lists get the odd remainder).
+    """
+    quotas = [0] * len(sizes)
+    left = total
+    open_lists = [i for i, size in enumerate(sizes) if size > 0]
+    while left > 0 and open_lists:
+        each = max(1, left // len(open_lists))
+        for i in list(open_lists):
+            give = min(each, sizes[i] - quotas[i], left)
+            quotas[i] += give
+            left -= give
+            if quotas[i] == sizes[i]:
+                open_lists.remove(i)
+            if left == 0:
+                break
+    return quotas

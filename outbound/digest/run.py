@@ -4,14 +4,17 @@ For each person with at least one membership on `cadence` (and delivery not disa
 bounces), the due period is computed in their time zone (`schedule`). A `DigestRun` row,
 unique on (person, cadence, period start), is what makes a digest exactly-once: it is
 inserted with ON CONFLICT DO NOTHING in the same transaction as the digest's `Delivery`
-rows (kind "digest", composed bytes in `raw`, dedupe key `digest:<run id>[:<community>]`),
-one transaction per person. Hence:
+rows (kind "digest", composed bytes in `raw`, dedupe key `digest:<run id>[:<community>]`).
+Persons are written in groups (`GROUP_PERSONS`, or `GROUP_BYTES` of mail), one
+transaction per group: each commit forces the disk, and one per person was most of a
+large run's time. A group commits whole or not at all, so:
 
-- a run killed half-way has committed whole persons only; the next run skips them (their
-  row exists) and does the others;
+- a run killed half-way has committed whole groups only; the next run skips their
+  persons (their rows exist) and does the others, the lost group included;
 - two instances on PostgreSQL may compose the same digest, but only one insert of its run
   row succeeds: the other waits on the row lock of the first transaction, then finds the
-  conflict and sends nothing;
+  conflict and sends nothing (both take persons in the same order, so neither waits for
+  a row the other holds while holding one it needs: no deadlock);
 - a second run for the same period (`causerie digest run` by hand, or the scheduler after
   a restart) sends nothing.
 
@@ -19,8 +22,8 @@ A period with nothing new records the run as "empty" and sends nothing. The send
 sends the delivery rows as they are (with no relay: into `<data_dir>/outbox`).
 
 Work is read first, outside the write transactions (the archive once per run, then one
-composition per person), so a write transaction holds the database for one person's
-inserts only.
+composition per person), so a write transaction holds the database for one group's inserts
+only (a few megabytes, tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
 
 from bridge.app import App
 from bridge.i18n import Catalogues, catalogues, normalise_language
 from bridge.models import (
     Address,
     Community,
+    Delivery,
     DigestRun,
     Membership,
     Mute,
@@ -48,18 +51,17 @@ from bridge.models import (
     Role,
 )
 from bridge.tokens import make_token
-from outbound.digest.content import Archive, CommunityContent, DigestFunctions, rank
-from outbound.digest.render import (
-    Reader,
-    SectionView,
-    Site,
-    digest_mail,
-    goal_views,
-    item_view,
-    render_digest,
+from outbound.digest.content import (
+    Archive,
+    CommunityContent,
+    DigestFunctions,
+    GoalLike,
+    Item,
+    rank,
+    share,
 )
+from outbound.digest.render import Reader, Renderer, SectionView, Site, goal_views
 from outbound.digest.schedule import CADENCES, Period, person_period, preview_period, zone
-from outbound.notices import queue
 
 log = logging.getLogger("causerie.digest")
 
@@ -69,9 +71,13 @@ _address = Address.__table__  # type: ignore[attr-defined]
 _community = Community.__table__  # type: ignore[attr-defined]
 _run = DigestRun.__table__  # type: ignore[attr-defined]
 _mute = Mute.__table__  # type: ignore[attr-defined]
+_delivery = Delivery.__table__  # type: ignore[attr-defined]
 
 MANAGERS = frozenset({Role.OWNER.value, Role.MODERATOR.value})
 DOMAINS = ("digest", "email")
+SECTIONS = ("new", "active", "unanswered")
+GROUP_PERSONS = 200          # persons per write transaction
+GROUP_BYTES = 8 * 2**20      # ... or fewer, when their mail reaches this size
 
 
 @dataclass
@@ -103,13 +109,14 @@ class RunReport:
     empty: int = 0
     already: int = 0        # done before (this or another instance)
     seconds: float = 0.0
+    writing: float = 0.0    # of `seconds`, in write transactions (the disk's share)
     bytes: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {"cadence": self.cadence, "now": self.now.isoformat(), "persons": self.persons,
                 "queued": self.queued, "deliveries": self.deliveries, "empty": self.empty,
                 "already": self.already, "seconds": round(self.seconds, 3),
-                "bytes": self.bytes}
+                "writing_seconds": round(self.writing, 3), "bytes": self.bytes}
 
 
 def _recipients(connection: Connection, cadence: str | None,
@@ -132,8 +139,10 @@ def _recipients(connection: Connection, cadence: str | None,
                 row.digest_time, row.digest_weekday)
         person.communities.append((row.community_id, row.role))
     if people:
-        for row in connection.execute(select(a.person_id, a.email).order_by(
-                a.person_id, a.primary.desc(), a.id)):
+        addresses = select(a.person_id, a.email).order_by(a.person_id, a.primary.desc(), a.id)
+        if person_id is not None:
+            addresses = addresses.where(a.person_id == person_id)
+        for row in connection.execute(addresses):
             person = people.get(row.person_id)
             if person is not None and not person.address:
                 person.address = row.email
@@ -157,6 +166,16 @@ def _mutes(connection: Connection, conversation_ids: Sequence[int]) -> dict[int,
 
 
 @dataclass
+class _Chosen:
+    """One community's items for one reader, ranked, before the email's length cap."""
+
+    info: CommunityInfo
+    role: str
+    content: CommunityContent
+    ranked: dict[str, list[Item]]
+
+
+@dataclass
 class _Composer:
     """Turns one person's communities and period into sections and mail bytes."""
 
@@ -168,6 +187,11 @@ class _Composer:
     functions: DigestFunctions
     catalogue: Catalogues
     site: Site
+    renderer: Renderer = field(init=False)
+    _goals: dict[tuple[int, datetime], Sequence[GoalLike]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.renderer = Renderer(self.catalogue, self.site)
 
     def reader(self, person: Recipient) -> Reader:
         instance = self.app.settings.instance
@@ -175,71 +199,145 @@ class _Composer:
                       normalise_language(person.language or instance.language),
                       zone(person.timezone, instance.timezone))
 
-    def section(self, reader: Reader, content: CommunityContent, role: str,
-                period: Period) -> SectionView:
-        info = self.communities[content.community_id]
-        lists = self.site.lists(info.slug, info.name)
-        token = make_token(self.site.secret, "unsubscribe", reader.person_id, info.id)
-        section = SectionView(community_id=info.id, slug=info.slug, name=info.name,
-                              url=lists.archive_url,
-                              unsubscribe_url=lists.unsubscribe_url(token))
+    def ranked(self, reader: Reader, content: CommunityContent) -> dict[str, list[Item]]:
+        """Each section's items in the reader's order (muted conversations left out)."""
         words = self.archive.person_words(reader.person_id)
         muted = self.muted.get(reader.person_id, set())
         could: set[int] = set()
         if self.functions.people_finder is not None and content.unanswered:
             could = set(self.functions.people_finder(
                 reader.person_id, [i.conversation_id for i in content.unanswered]))
-        limit = self.app.settings.digest.max_items
-        for name in ("new", "active", "unanswered"):
-            ranked = rank(getattr(content, name), reader.person_id, words, could, muted)
-            if len(ranked) > limit:
-                section.more = True
-            setattr(section, name, [item_view(self.site, reader, i) for i in ranked[:limit]])
-        section.contributors = [(who, str(n)) for who, n in content.contributors]
-        if role in MANAGERS and self.functions.vitality is not None:
-            goals = self.functions.vitality(info.id, "week", period.end)
-            section.goals = goal_views(self.catalogue, reader.language, goals)
+        return {name: rank(getattr(content, name), reader.person_id, words, could, muted)
+                for name in SECTIONS}
+
+    def goals(self, community_id: int, end: datetime) -> Sequence[GoalLike]:
+        """The vitality figures, measured once per community and period end in a run."""
+        assert self.functions.vitality is not None
+        key = (community_id, end)
+        if key not in self._goals:
+            self._goals[key] = self.functions.vitality(community_id, "week", end)
+        return self._goals[key]
+
+    def section(self, reader: Reader, chosen: _Chosen, quotas: Sequence[int],
+                period: Period) -> SectionView:
+        info = chosen.info
+        lists = self.site.lists(info.slug, info.name)
+        token = make_token(self.site.secret, "unsubscribe", reader.person_id, info.id)
+        section = SectionView(community_id=info.id, slug=info.slug, name=info.name,
+                              url=lists.archive_url, unsubscribe_token=token,
+                              unsubscribe_url=lists.unsubscribe_url(token))
+        for name, quota in zip(SECTIONS, quotas, strict=True):
+            items = chosen.ranked[name]
+            section.more += len(items) - quota
+            setattr(section, name, items[:quota])
+        section.contributors = [(who, str(n)) for who, n in chosen.content.contributors]
+        if chosen.role in MANAGERS and self.functions.vitality is not None:
+            section.goals = goal_views(self.catalogue, reader.language,
+                                       self.goals(info.id, period.end))
         return section
 
     def compose(self, person: Recipient, period: Period, now: datetime
                 ) -> list[tuple[int | None, bytes]]:
         """[(community id or None for a combined digest, bytes)]; [] when nothing is new."""
         reader = self.reader(person)
-        sections = []
+        chosen: list[_Chosen] = []
         for community_id, role in person.communities:
-            if community_id not in self.communities:
+            info = self.communities.get(community_id)
+            if info is None:
                 continue
             content = self.archive.community(community_id, period)
             if content.empty:
                 continue
-            section = self.section(reader, content, role, period)
-            if section.items:
-                sections.append(section)
-        if not sections:
+            ranked = self.ranked(reader, content)
+            if any(ranked.values()):
+                chosen.append(_Chosen(info, role, content, ranked))
+        if not chosen:
             return []
-        groups = [sections] if self.app.settings.digest.one_email_per_cadence \
-            else [[s] for s in sections]
+        settings = self.app.settings.digest
+        groups = [chosen] if settings.one_email_per_cadence else [[c] for c in chosen]
         mails: list[tuple[int | None, bytes]] = []
         for group in groups:
-            subject, text, html = render_digest(self.catalogue, self.site, reader,
-                                                self.cadence, (period.start, period.end),
-                                                group)
-            raw = digest_mail(self.site, reader, subject, text, html, now, group)
-            mails.append((group[0].community_id if len(groups) > 1 else None, raw))
+            sizes = [min(len(c.ranked[name]), settings.max_items)
+                     for c in group for name in SECTIONS]
+            quotas = share(sizes, self.app.settings.digest.max_items_per_email)
+            sections = [self.section(reader, c, quotas[k * len(SECTIONS):(k + 1) * len(SECTIONS)],
+                                     period) for k, c in enumerate(group)]
+            subject, text, html = self.renderer.render(reader, self.cadence,
+                                                       (period.start, period.end), sections)
+            raw = self.renderer.mail(reader, subject, text, html, now, sections)
+            mails.append((group[0].info.id if len(groups) > 1 else None, raw))
         return mails
 
 
-def _insert_run(connection: Connection, person_id: int, cadence: str, period: Period,
-                status: str, now: datetime) -> int | None:
-    """The new run's id, or None when this (person, cadence, period) was done already."""
-    values = {"person_id": person_id, "cadence": cadence, "period_start": period.start,
-              "period_end": period.end, "status": status, "created_at": now}
+@dataclass(frozen=True)
+class _Composed:
+    person: Recipient
+    period: Period
+    mails: list[tuple[int | None, bytes]]
+
+
+def _insert_runs(connection: Connection, cadence: str, group: Sequence[_Composed],
+                 now: datetime) -> dict[int, int]:
+    """Insert the group's run rows in one statement; {person id: new run id} for the rows
+    that were not there yet (a conflicting row, done before or by another instance, is
+    left alone and absent from the answer). Persons go in in the order of their ids, as
+    in every instance, so concurrent groups wait on each other's rows in one order."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = (dialect.insert(_run).values(**values)
+    rows = [{"person_id": c.person.person_id, "cadence": cadence,
+             "period_start": c.period.start, "period_end": c.period.end,
+             "status": "queued" if c.mails else "empty", "created_at": now}
+            for c in sorted(group, key=lambda c: c.person.person_id)]
+    statement = (dialect.insert(_run).values(rows)
                  .on_conflict_do_nothing(index_elements=["person_id", "cadence",
                                                          "period_start"])
-                 .returning(_run.c.id))
-    return connection.execute(statement).scalar_one_or_none()
+                 .returning(_run.c.person_id, _run.c.id))
+    return {row.person_id: row.id for row in connection.execute(statement)}
+
+
+def _insert_deliveries(connection: Connection, rows: Sequence[dict[str, object]]) -> None:
+    """The digests' delivery rows, in one executemany (a retry's duplicate is a no-op)."""
+    if rows:
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        connection.execute(dialect.insert(_delivery).on_conflict_do_nothing(
+            index_elements=["dedupe_key"]), list(rows))
+
+
+def _write_group(app: App, cadence: str, now: datetime, group: Sequence[_Composed],
+                 report: RunReport) -> None:
+    """One transaction: every person's run row, and the deliveries of the new ones.
+
+    The report is updated only once the transaction has committed.
+    """
+    counts = RunReport(cadence, now)
+    deliveries: list[dict[str, object]] = []
+    started = time.perf_counter()
+    with app.engine.begin() as connection:
+        runs = _insert_runs(connection, cadence, group, now)
+        for composed in group:
+            person = composed.person
+            run_id = runs.get(person.person_id)
+            if run_id is None:
+                counts.already += 1
+                continue
+            if not composed.mails:
+                counts.empty += 1
+                continue
+            counts.queued += 1
+            for community_id, raw in composed.mails:
+                key = f"digest:{run_id}" + (f":{community_id}" if community_id else "")
+                deliveries.append({
+                    "dedupe_key": key, "kind": "digest", "address": person.address,
+                    "raw": raw, "community_id": community_id, "person_id": person.person_id,
+                    "message_id": None, "status": "pending", "attempts": 0,
+                    "next_attempt_at": now, "last_error": "", "created_at": now})
+                counts.bytes += len(raw)
+        _insert_deliveries(connection, deliveries)
+    report.writing += time.perf_counter() - started
+    report.already += counts.already
+    report.empty += counts.empty
+    report.queued += counts.queued
+    report.deliveries += len(deliveries)
+    report.bytes += counts.bytes
 
 
 def _site(app: App) -> Site:
@@ -251,14 +349,18 @@ def _site(app: App) -> Site:
 def run_digests(app: App, cadence: str, now: datetime, *,
                 functions: DigestFunctions | None = None,
                 catalogue: Catalogues | None = None,
-                after_person: Callable[[int], None] | None = None) -> RunReport:
+                after_person: Callable[[int], None] | None = None,
+                group: int = GROUP_PERSONS) -> RunReport:
     """Queue every digest of `cadence` due at `now` that is not queued yet (see module doc).
 
-    `after_person(person_id)` is called after each person's transaction has committed
-    (progress reports; tests use it to stop a run half-way).
+    `group` is the most persons written in one transaction. `after_person(person_id)` is
+    called for each person once the transaction holding them has committed (progress
+    reports; tests use it to stop a run half-way).
     """
     if cadence not in CADENCES:
         raise ValueError(f"cadence must be one of {', '.join(CADENCES)}")
+    if group < 1:
+        raise ValueError("group must be at least 1")
     started = time.perf_counter()
     report = RunReport(cadence, now)
     functions = functions or DigestFunctions()
@@ -289,28 +391,19 @@ def run_digests(app: App, cadence: str, now: datetime, *,
         composer = _Composer(app, cadence, archive, _communities(connection),
                              _mutes(connection, list(archive.conversations)), functions,
                              catalogue or catalogues(DOMAINS), _site(app))
-    for person_id in todo:
+    pending: list[_Composed] = []
+    size = 0
+    for index, person_id in enumerate(todo):
         person, period = people[person_id], periods[person_id]
         mails = composer.compose(person, period, now)
-        with app.engine.begin() as connection:
-            run_id = _insert_run(connection, person_id, cadence, period,
-                                 "queued" if mails else "empty", now)
-            if run_id is None:
-                report.already += 1
-            elif not mails:
-                report.empty += 1
-            else:
-                with Session(bind=connection) as session:
-                    for community_id, raw in mails:
-                        key = f"digest:{run_id}" + (f":{community_id}" if community_id else "")
-                        queue(session, dedupe_key=key, kind="digest", address=person.address,
-                              raw=raw, now=now, community_id=community_id,
-                              person_id=person_id)
-                        report.deliveries += 1
-                        report.bytes += len(raw)
-                report.queued += 1
-        if after_person is not None:
-            after_person(person_id)
+        pending.append(_Composed(person, period, mails))
+        size += sum(len(raw) for _, raw in mails)
+        if len(pending) >= group or size >= GROUP_BYTES or index == len(todo) - 1:
+            _write_group(app, cadence, now, pending, report)
+            if after_person is not None:
+                for composed in pending:
+                    after_person(composed.person.person_id)
+            pending, size = [], 0
     report.seconds = time.perf_counter() - started
     log.info("%s digests at %s: %d queued, %d empty, %d already done (%.1f s)", cadence,
              now.isoformat(), report.queued, report.empty, report.already, report.seconds)
@@ -327,7 +420,8 @@ def preview_digest(app: App, person_id: int, cadence: str, now: datetime, *,
     """The digest `person_id` would get for the period ending `now`, or None when empty.
 
     The communities are the person's memberships on `cadence`, or all their memberships
-    when none is on it (so a manager can preview what a digest would look like).
+    when none is on it (so a manager can preview what a digest would look like). With one
+    email per community, the preview is the first community's.
     """
     period = preview_period(cadence, now)
     with app.reader.connect() as connection:
