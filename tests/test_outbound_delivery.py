@@ -329,3 +329,43 @@ def test_copies_are_composed_in_slices_bounded_by_bytes(tmp_path: Path, db_url: 
         assert len(sender._contexts) == 1  # the original was parsed once for all copies
     finally:
         app.dispose()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_relay_over_tls(tmp_path: Path, db_url: str, clock: FixedClock,
+                              monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """[outbound] relay_tls: STARTTLS, or TLS from the first byte, with the relay's
+    certificate checked against the trust store (here the test CA, via SSL_CERT_FILE)."""
+    import shutil
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from tests.dovecot import make_certificate
+    from tests.test_outbound_support import SinkHandler
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no test certificate")
+    cert, key = make_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    handler = SinkHandler()
+    port = free_port()
+    if mode == "starttls":
+        controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=context,
+                                require_starttls=True)
+    else:
+        controller = Controller(handler, hostname="127.0.0.1", port=port,
+                                ssl_context=context)
+    controller.start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    app = relay_app(tmp_path, db_url, port, clock, f'relay_tls = "{mode}"')
+    try:
+        world = make_world(app)
+        store_post(app, world, simple_post())
+        await make_sender(app).drain()
+        assert {r.status for r in deliveries(app).values()} == {"sent"}
+        assert len(handler.received) == 3
+    finally:
+        controller.stop()
+        app.dispose()
