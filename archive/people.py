@@ -28,6 +28,7 @@ person's `kind`, else by the domain of their address (`staff_domains`, as
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ from archive.search.plan import Plan, scope
 from archive.search.query import AnyOf, InCommunity, Query, parse
 from bridge.addresses import domain_of
 from bridge.models import Address, Community, Conversation, Message, Person
+from bridge.stopwords import ENGLISH, FRENCH
 
 WINDOW = 3000
 HALF_LIFE_DAYS = 730.0
@@ -314,3 +316,50 @@ def _last_dates(matched: list[Any]) -> dict[tuple[int, int], datetime]:
         if key not in last or date > last[key]:
             last[key] = date
     return last
+
+
+def question_experts(connection: Connection, conversation_ids: Sequence[int], *,
+                     limit: int = 10, staff_domains: Collection[str] = ()
+                     ) -> dict[int, set[int]]:
+    """For each conversation, the people who know most about its subject (the digest's
+    "questions you could answer"). The subject is the query; the conversation's own
+    messages do not count, so that asking does not make anyone an expert."""
+    table = Conversation.__table__  # type: ignore[attr-defined]
+    subjects = {int(row.id): row.subject for row in connection.execute(
+        select(table.c.id, table.c.subject).where(table.c.id.in_(list(conversation_ids))))}
+    experts: dict[int, set[int]] = {}
+    for conversation_id, subject in subjects.items():
+        words = [w for w in re.findall(r"\w{3,}", subject)
+                 if w.lower() not in ENGLISH and w.lower() not in FRENCH][:8]
+        if not words:
+            experts[conversation_id] = set()
+            continue
+        hits = rank_people(connection, " OR ".join(words), None, limit=limit,
+                           staff_domains=staff_domains)
+        experts[conversation_id] = {hit.person_id for hit in hits
+                                    if any(t.conversation != conversation_id
+                                           for t in hit.threads)}
+    return experts
+
+
+class CouldAnswer:
+    """The digest's people finder: (person, unanswered conversations) → the ones this
+    person could answer. Experts are found once per conversation and kept for the run
+    (a digest run asks for the same questions once per reader)."""
+
+    def __init__(self, engine: Any, staff_domains: Collection[str] = (),
+                 keep: int = 5_000) -> None:
+        self.engine = engine
+        self.staff_domains = tuple(staff_domains)
+        self.keep = keep
+        self.experts: dict[int, set[int]] = {}
+
+    def __call__(self, person_id: int, conversation_ids: Sequence[int]) -> set[int]:
+        missing = [c for c in conversation_ids if c not in self.experts]
+        if missing:
+            if len(self.experts) + len(missing) > self.keep:
+                self.experts.clear()
+            with self.engine.connect() as connection:
+                self.experts.update(question_experts(connection, missing,
+                                                     staff_domains=self.staff_domains))
+        return {c for c in conversation_ids if person_id in self.experts.get(c, set())}

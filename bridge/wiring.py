@@ -26,13 +26,15 @@ def handlers(app: App) -> Handlers:
 
 
 def digest_functions(app: App) -> DigestFunctions:
-    """What digests take from the archive: the vitality figures for managers. (Questions
-    a reader could answer are ranked from the topics they wrote about; the people finder,
-    which ranks people for one query, is too costly to ask once per reader.)"""
+    """What digests take from the archive: the vitality figures for managers, and the
+    people finder for "questions you could answer"."""
+    from archive.people import CouldAnswer
     from archive.vitality import vitality_for
     from outbound.digest import DigestFunctions
 
-    return DigestFunctions(vitality=vitality_for(app.reader))
+    return DigestFunctions(vitality=vitality_for(app.reader),
+                           people_finder=CouldAnswer(app.reader,
+                                                     app.settings.instance.staff_domains))
 
 
 def processor(app: App, *, fan_out: bool = True, notify: bool = True):  # type: ignore[no-untyped-def]

@@ -102,3 +102,28 @@ def test_cli_people_json(archive: App, settings_path: Path,
     assert {"name", "kind", "staff", "score", "messages", "answers", "last_date"} <= set(hits[0])
     only = cli_json(capsys, settings_path, "people", "gfortran", "--community", "secret")
     assert isinstance(only, list) and [h["address"] for h in only] == ["dan@elsewhere.net"]
+
+
+def test_digest_people_finder_marks_questions_a_reader_could_answer(
+        archive: App, settings_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The digest's "questions you could answer": a new unanswered question about gfortran
+    is one for Bob (who answered two gfortran threads), not for someone who never wrote
+    about it; the person asking is not an expert on their own question."""
+    from sqlmodel import Session, select
+
+    from archive.people import CouldAnswer
+    from bridge.models import Address, Message
+
+    import_mail(capsys, settings_path, tmp_path, "rd", [
+        mail("q3@x", "Eve Novak <eve@example.com>", "gfortran and OpenMP",
+             "Does gfortran support OpenMP on arm64?", date="Fri, 8 May 2026 10:00:00 +0000"),
+    ])
+    with Session(archive.engine) as session:
+        question = session.exec(select(Message).where(Message.message_id == "q3@x")).one()
+        people = {a.email: a.person_id for a in session.exec(select(Address))}
+    finder = CouldAnswer(archive.reader, ("example.com",))
+    conversation = question.conversation_id
+    assert finder(people["bob@partner.org"], [conversation]) == {conversation}
+    assert finder(people["eve@example.com"], [conversation]) == set()
+    assert conversation in finder.experts  # found once, kept for the other readers
