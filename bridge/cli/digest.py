@@ -73,11 +73,10 @@ def register_stats(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def functions(app: App) -> DigestFunctions:
-    """What the digest gets from `archive` (the CLI is where packages may meet)."""
-    from archive.vitality import vitality_for
-    from outbound.digest import DigestFunctions
+    """What the digest gets from `archive`: the same as `serve`'s (bridge.wiring)."""
+    from bridge.wiring import digest_functions
 
-    return DigestFunctions(vitality=vitality_for(app.reader))
+    return digest_functions(app)
 
 
 def cmd_preview(args: argparse.Namespace, context: Context) -> int:
