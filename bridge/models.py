@@ -293,6 +293,9 @@ class Held(SQLModel, table=True):
     sender: str = ""
     subject: str = ""
     reason: str = ""
+    # A stable code for the reason: "confirm_external" lets the sender decide (a reply-all
+    # that would bring the community into a conversation with people outside the company).
+    code: str = ""
     status: str = "pending"     # pending, approved, rejected
     decided_by: str = ""
     decided_at: datetime | None = None

@@ -448,7 +448,7 @@ class Processor:
             connection.execute(insert(_held).values(
                 inbox_id=prepared.row.id, community_id=community.id,
                 sender=parsed.from_address, subject=parsed.subject[:500], reason=reason,
-                status="pending", decided_by="", decision_note="",
+                code=code, status="pending", decided_by="", decision_note="",
                 created_at=self.app.clock.now()))
             self._notify(connection, prepared, route, code,
                          {"community": community.slug, "reason": reason})

@@ -49,6 +49,7 @@ REJECT = frozenset({"reject", "rejected", "refuse", "refused", "deny", "decline"
                     "rejeter", "rejeté", "rejette", "refuser", "refusé", "non"})
 _PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|tr|aw|réf|ref)\s*:\s*|\[[^\]]*\]\s*)*", re.I)
 MODERATOR_ROLES = ("owner", "moderator")
+CONFIRM_EXTERNAL = "confirm_external"  # Held.code the processor writes for such reply-alls
 
 
 def parse_decision(subject: str, text: str) -> tuple[str, str] | None:
@@ -86,6 +87,12 @@ class Moderation:
                 result.append((membership.person_id, addresses[0]))
         return result
 
+    def sender_decider(self, session: Session, held: Held) -> list[tuple[int, str]]:
+        """The sender, who may confirm a message held because it also went to people
+        outside the company (they know whether the reply-all was meant)."""
+        person = person_for(session, held.sender) if held.sender else None
+        return [(person.id, held.sender)] if person is not None and person.id else []
+
     def sweep(self) -> int:
         """Queue the requests of pending held messages not seen yet; returns how many."""
         with self.app.session() as session:
@@ -107,7 +114,10 @@ class Moderation:
         raw = self.app.raw_mail(item)
         now = self.app.clock.now()
         count = 0
-        for person_id, address in self.moderators(session, community.id or 0):
+        deciders = self.moderators(session, community.id or 0)
+        if held.code == CONFIRM_EXTERNAL:
+            deciders = [*self.sender_decider(session, held), *deciders]
+        for person_id, address in deciders:
             token = make_token(self.app.secret, "moderate", held.id or 0, person_id)
             reply = f"moderate+{token}@{domain}"
             language = language_for(self.app, session, address, community.language)
@@ -143,7 +153,9 @@ class Moderation:
             Membership.community_id == held.community_id,
             Membership.person_id == data.second)).first()
         sender = person_for(session, mail.sender)
-        if moderator is None or role not in MODERATOR_ROLES:
+        sender_decides = held.code == CONFIRM_EXTERNAL and any(
+            person_id == data.second for person_id, _ in self.sender_decider(session, held))
+        if moderator is None or (role not in MODERATOR_ROLES and not sender_decides):
             return Outcome("rejected", "this moderation address's moderator is no longer one")
         if sender is None or sender.id != moderator.id:
             return Outcome("rejected", f"{mail.sender} is not the moderator this address was "

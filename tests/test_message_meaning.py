@@ -343,3 +343,39 @@ def test_reply_all_bringing_guests_into_an_internal_community_is_held(rd: App) -
         item = session.exec(select(InboxItem)).one()
     assert "outside the company (buyer@customer.example)" in held.reason
     assert item.status == "held"
+
+
+def test_the_sender_confirms_a_reply_all_that_includes_guests(rd: App) -> None:
+    """The sender of a held reply-all gets the confirmation request (moderators too), and
+    answering "approve" to its address posts the message."""
+    import email
+
+    from bridge.models import Delivery
+    from outbound.moderation import Moderation
+    from outbound.notices import Notices
+
+    message = EmailMessage()
+    headers(message, ALICE, "Re: Delivery dates", "confirm@example.com",
+            to="buyer@customer.example", cc=RD)
+    message.set_content("Friday works for the delivery.")
+    deliver(rd, message)
+    assert stored(rd) == []
+    Moderation(rd, Notices(rd)).sweep()
+    with Session(rd.engine) as session:
+        request = session.exec(select(Delivery).where(
+            Delivery.kind == "moderation", Delivery.address == f"alice@{STAFF_DOMAIN}")).one()
+    assert request.raw is not None
+    reply_to = email.message_from_bytes(request.raw)["Reply-To"]
+    answer = EmailMessage()
+    headers(answer, ALICE, "Re: confirm", "answer@example.com", to=reply_to)
+    answer.set_content("approve")
+    writer = InboxWriter(rd.engine, rd.blobs, rd.settings.processor.inline_raw_limit,
+                         rd.clock)
+    writer.accept_sync(answer.as_bytes(), Envelope(mail_from=f"alice@{STAFF_DOMAIN}",
+                                                   rcpt_to=[reply_to]))
+    wiring.processor(rd).run_until_idle()
+    assert [m.message_id for m in stored(rd)] == ["confirm@example.com"]
+    with Session(rd.engine) as session:
+        held = session.exec(select(Held)).one()
+    assert (held.status, held.code, held.decided_by) == (
+        "approved", "confirm_external", f"alice@{STAFF_DOMAIN}")
