@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from inbound.parse import Attachment
+from inbound.parse import Attachment, decode_payload
 
 TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature",
@@ -113,7 +113,7 @@ def find_calendar(message: Message, attachments: list[Attachment]) -> str:
         if part.get_content_type() == "text/calendar":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                return payload.decode(part.get_content_charset() or "utf-8", "replace")
+                return decode_payload(payload, part.get_content_charset())
     for attachment in attachments:
         if attachment.content_type == "text/calendar" or \
                 attachment.filename.lower().endswith(".ics"):

@@ -105,8 +105,16 @@ def message_ids(value: str) -> list[str]:
     return unique
 
 
-def _no_nul(value: str) -> str:
-    return value.replace("\x00", "") if "\x00" in value else value
+def _storable(value: str) -> str:
+    """Text a database can store: no NUL (PostgreSQL refuses it), no lone surrogates (what
+    a broken charset or surrogateescape leaves; no UTF-8 encoder takes them)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def derived_message_id(raw: bytes, domain: str) -> str:
@@ -115,7 +123,7 @@ def derived_message_id(raw: bytes, domain: str) -> str:
 
 def _addresses(values: list[str]) -> list[str]:
     result = []
-    for _, addr in getaddresses([decode_words(v) for v in values]):
+    for _, addr in getaddresses([_storable(decode_words(v)) for v in values]):
         normal = normalise_address(addr)
         if normal and normal not in result:
             result.append(normal)
@@ -144,15 +152,20 @@ def _date(message: Message, received_at: datetime, defects: list[str]) -> dateti
     return parsed
 
 
+def decode_payload(payload: bytes, charset: str | None) -> str:
+    """Bytes of a MIME part as text, whatever its declared charset: an unknown name, one with
+    a NUL, or a codec that is not a text encoding ("idna") falls back to UTF-8."""
+    try:
+        return payload.decode(charset or "utf-8", "replace")
+    except (LookupError, ValueError, UnicodeError):
+        return payload.decode("utf-8", "replace")
+
+
 def _decoded(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, "replace")
-    except LookupError:
-        return payload.decode("latin-1")
+    return decode_payload(payload, part.get_content_charset())
 
 
 def _own_parts(message: Message) -> tuple[list[str], list[str]]:
@@ -200,7 +213,7 @@ def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Atta
         disposition = (item.get("content-disposition") or "").lower()
         content_id = (item.get("content-id") or "").strip().strip("<>")
         result.append(Attachment(
-            filename=_no_nul(decode_words(item.get("filename") or ""))[:255] or "attachment",
+            filename=_storable(decode_words(item.get("filename") or ""))[:255] or "attachment",
             content_type=(item.get("mail_content_type") or "application/octet-stream").lower(),
             payload=data,
             inline=disposition.startswith("inline") or (bool(content_id)
@@ -236,18 +249,19 @@ def parse(raw: bytes, *, received_at: datetime, domain: str) -> ParsedMail:
     else:
         message_id = derived_message_id(raw, domain)
         defects.append("no Message-ID: one was derived from the content")
-    from_name, from_addr = parseaddr(decode_words(str(message.get("From", ""))))
+    from_name, from_addr = parseaddr(_storable(decode_words(str(message.get("From", "")))))
     from_address = normalise_address(from_addr) if from_addr else ""
     if not from_address:
         defects.append("no valid From address")
     # PostgreSQL text cannot hold NUL (SQLite can): drop it from every stored text value.
-    text, html, subject = _no_nul(text), _no_nul(html), _no_nul(str(message.get("Subject", "")))
-    message_id, from_name = _no_nul(message_id), _no_nul(from_name)
+    text, html = _storable(text), _storable(html)
+    subject = _storable(str(message.get("Subject", "")))
+    message_id, from_name = _storable(message_id), _storable(from_name)
     return ParsedMail(
         message=message,
         message_id=message_id,
-        in_reply_to=(message_ids(_no_nul(str(message.get("In-Reply-To", "")))) or [""])[0],
-        references=message_ids(_no_nul(str(message.get("References", ""))))[-50:],
+        in_reply_to=(message_ids(_storable(str(message.get("In-Reply-To", "")))) or [""])[0],
+        references=message_ids(_storable(str(message.get("References", ""))))[-50:],
         subject=decode_words(subject)[:998],
         from_address=from_address,
         from_name=from_name.strip().strip('"')[:200],
