@@ -114,3 +114,29 @@ def test_no_nul_reaches_a_stored_or_queried_text() -> None:
               parsed.text, *parsed.to]
     assert not any("\x00" in value for value in values), values
     assert parsed.from_address == "internet-drafts@ietf.org"
+
+
+def test_an_invitation_with_an_unusable_charset_is_still_read() -> None:
+    """A text/calendar part whose charset Python cannot use (a NUL in it, "idna", a quote,
+    an unknown name) failed the extract step; it is read as UTF-8."""
+    for charset in ("utf\x008", "idna", '"', "x-bogus"):
+        raw = ("From: a@example.com\r\nTo: rd@lists.example.org\r\nSubject: Invite\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
+               "--B\r\nContent-Type: text/plain\r\n\r\nSee the invitation.\r\n"
+               f'--B\r\nContent-Type: text/calendar; charset="{charset}"\r\n\r\n'
+               "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nSUMMARY:Review\r\nEND:VEVENT\r\n"
+               "END:VCALENDAR\r\n--B--\r\n").encode("latin-1")
+        parsed = parse(raw, received_at=NOW, domain="lists.example.org")
+        assert "[Invitation] Review" in extract(parsed, None, 10_000_000).text
+
+
+def test_lone_surrogates_never_reach_the_database() -> None:
+    """Bytes a broken charset leaves as lone surrogates made the UTF-8 encoder of the
+    database driver raise; every stored text is now valid Unicode."""
+    raw = ("From: =?utf-8?b?QWxpY2Ug7aCA?= <a@example.com>\r\nTo: rd@lists.example.org\r\n"
+           "Subject: bad \udcff bytes\r\n\r\nBody \udcfe here.\r\n").encode("utf-8",
+                                                                       "surrogateescape")
+    parsed = parse(raw, received_at=NOW, domain="lists.example.org")
+    extracted = extract(parsed, None, 10_000_000)
+    for value in (parsed.subject, parsed.from_name, parsed.text, extracted.text):
+        value.encode("utf-8")  # raises on a lone surrogate
