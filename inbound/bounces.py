@@ -745,7 +745,9 @@ def parse_delivery_status(msg: Message) -> list[BounceInfo]:
 
 # The line where the copy of the returned message starts: nothing below it is the report.
 _SEPARATOR_RE = re.compile(
-    r"^[ \t]*(?:[-=*_|#+]{2,}[^\n]*?(?:cop(?:y|ie) of|original|returned (?:message|mail)"
+    # `{2,}+` is possessive: on a line of thousands of dashes the run is taken once, not
+    # given back one character at a time (which was quadratic: a fuzzed bounce hung here).
+    r"^[ \t]*+(?:[-=*_|#+]{2,}+[^\n]*?(?:cop(?:y|ie) of|original|returned (?:message|mail)"
     r"|undelivered message|message (?:headers?|text|body)|headers? of|forwarded message"
     r"|below this line|rfc822|returned content)"
     r"|(?:original message follows|message headers follow|returned message follows"

@@ -140,3 +140,18 @@ def test_lone_surrogates_never_reach_the_database() -> None:
     extracted = extract(parsed, None, 10_000_000)
     for value in (parsed.subject, parsed.from_name, parsed.text, extracted.text):
         value.encode("utf-8")  # raises on a lone surrogate
+
+
+def test_a_bounce_with_a_huge_rule_line_is_read_in_linear_time() -> None:
+    """A report whose text holds a line of tens of thousands of dashes made the separator
+    search quadratic (the fuzzer's run stalled on it); it is now linear."""
+    import time
+
+    line = "-" * 60_000
+    raw = ("From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@lists.example.org\r\n"
+           "Subject: Undelivered Mail Returned to Sender\r\n\r\n"
+           f"This is the mail system.\r\n{line}\r\n<bob@example.com>: user unknown\r\n"
+           ).encode("ascii")
+    start = time.perf_counter()
+    through(raw)
+    assert time.perf_counter() - start < 10  # a linearity guard, not a speed target
