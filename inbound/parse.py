@@ -214,11 +214,12 @@ def _attachments(parsed: mailparser.MailParser, defects: list[str]) -> list[Atta
         content_id = (item.get("content-id") or "").strip().strip("<>")
         result.append(Attachment(
             filename=_storable(decode_words(item.get("filename") or ""))[:255] or "attachment",
-            content_type=(item.get("mail_content_type") or "application/octet-stream").lower(),
+            content_type=_storable(item.get("mail_content_type")
+                                   or "application/octet-stream").lower()[:200],
             payload=data,
             inline=disposition.startswith("inline") or (bool(content_id)
                                                         and not disposition),
-            content_id=content_id,
+            content_id=_storable(content_id)[:500],
         ))
     return result
 

@@ -45,13 +45,24 @@ class Envelope:
     helo: str = ""
 
 
+def _clean(value: str) -> str:
+    """Envelope and header text a database can store (PostgreSQL refuses NUL)."""
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def _printable(envelope: Envelope) -> Envelope:
+    return Envelope(mail_from=_clean(envelope.mail_from),
+                    rcpt_to=[_clean(r) for r in envelope.rcpt_to], source=envelope.source,
+                    peer=_clean(envelope.peer), helo=_clean(envelope.helo))
+
+
 def header_message_id(raw: bytes) -> str:
     """The Message-ID from the header block, cheaply (for listing and de-duplication)."""
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     match = _MSGID.search(head)
     if not match:
         return ""
-    value = match.group(1).decode("ascii", "replace").strip()
+    value = _clean(match.group(1).decode("ascii", "replace")).strip()
     start, end = value.find("<"), value.find(">")
     if 0 <= start < end:
         value = value[start + 1:end]
@@ -89,6 +100,7 @@ class InboxWriter:
         if not inline:
             self.blobs.put(raw, digest)
         now = received_at or self.clock.now()
+        envelope = _printable(envelope)
         return {
             "received_at": now, "source": envelope.source, "peer": envelope.peer[:200],
             "helo": envelope.helo[:200], "mail_from": envelope.mail_from[:500],
