@@ -107,6 +107,8 @@ class RowResult:
         else:
             status = "discarded"
         reason = "; ".join(dict.fromkeys(reason for _, reason in self.outcomes if reason))
+        # Reasons quote header values, which may hold NULs or lone surrogates.
+        reason = reason.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
         return status, reason[:2000]
 
 
