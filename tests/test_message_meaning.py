@@ -379,3 +379,35 @@ def test_the_sender_confirms_a_reply_all_that_includes_guests(rd: App) -> None:
         held = session.exec(select(Held)).one()
     assert (held.status, held.code, held.decided_by) == (
         "approved", "confirm_external", f"alice@{STAFF_DOMAIN}")
+
+
+def test_a_member_whose_dmarc_evaluation_failed_is_held(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    """Authentication-Results from the trusted upstream (our MX) saying dmarc=fail: the post
+    is held, not posted; the same header added by anyone else is not trusted."""
+    from bridge.settings import Settings
+    from tests.conftest import write_settings
+
+    path = write_settings(tmp_path, db_url,
+                          '[processor]\ntrusted_authserv_ids = ["mx.example.com"]\n')
+    app = App(Settings.load(path, environ={}))
+    try:
+        with app.session() as session:
+            community = create_community(session, "rd", "R&D")
+            add_member(session, community, f"alice@{STAFF_DOMAIN}", name="Alice Martin")
+        forged = EmailMessage()
+        headers(forged, ALICE, "Wire the money", "dmarc-fail@example.com")
+        forged["Authentication-Results"] = (f"mx.example.com; spf=fail smtp.mailfrom="
+                                            f"{STAFF_DOMAIN}; dmarc=fail header.from="
+                                            f"{STAFF_DOMAIN}")
+        forged.set_content("Please wire the money today.")
+        spoofed = EmailMessage()
+        headers(spoofed, ALICE, "Hello", "untrusted@example.com")
+        spoofed["Authentication-Results"] = f"evil.example; dmarc=fail header.from={STAFF_DOMAIN}"
+        spoofed.set_content("An Authentication-Results from anyone else is ignored.")
+        deliver(app, forged, spoofed)
+        assert [m.message_id for m in stored(app)] == ["untrusted@example.com"]
+        with Session(app.engine) as session:
+            held = session.exec(select(Held)).one()
+        assert "DMARC" in held.reason
+    finally:
+        app.dispose()
