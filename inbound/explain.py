@@ -19,11 +19,10 @@ from bridge.app import App
 from bridge.models import Community, Conversation
 from bridge.tokens import read_token
 from inbound.authorise import authorise
+from inbound.batch import Batch
 from inbound.classify import parse_dsn
-from inbound.people import find_sender, membership
 from inbound.processor import Processor
 from inbound.store import header_message_id
-from inbound.threader import choose_conversation
 
 _community = Community.__table__  # type: ignore[attr-defined]
 _conversation = Conversation.__table__  # type: ignore[attr-defined]
@@ -128,18 +127,18 @@ def explain(app: App, raw: bytes, envelope_sender: str | None = None) -> dict[st
             if community is None:
                 continue
             report["community"] = community.slug
-            choice = choose_conversation(
-                connection, community.id, parsed, token_conversation=token_conversation,
-                window_days=app.settings.processor.thread_window_days,
-                now=datetime.now(UTC))
+            # The processor's own thread step, on what a batch of this one message knows.
+            batch = Batch(connection, app.settings, datetime.now(UTC), [parsed])
+            choice = processor.choose(connection, batch, community.id, parsed,
+                                      token_conversation)
             report["conversation"] = choice.conversation_id or "new"
             if verdict.kind == "post" and (choice.parent_id or parsed.in_reply_to
                                            or token_conversation):
                 report["kind"] = "reply"
-            sender = find_sender(connection, app.settings, parsed.from_address)
+            sender = batch.sender(parsed.from_address)
             decision = authorise(policy=community.posting_policy,
                                  admits_guests=community.admits_guests, sender=sender,
-                                 member=membership(connection, community.id, sender.person_id),
+                                 member=batch.member(community.id, sender.person_id),
                                  verdict_kind=verdict.kind, dmarc=prepared.dmarc,
                                  external=processor.external_recipients(parsed),
                                  visibility=community.visibility)

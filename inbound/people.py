@@ -64,16 +64,6 @@ def ensure_sender(connection: Connection, sender: Sender, name: str, now: dateti
     return int(person_id)
 
 
-def membership(connection: Connection, community_id: int, person_id: int | None
-               ) -> MemberInfo | None:
-    if person_id is None:
-        return None
-    row = connection.execute(select(_membership.c.role, _membership.c.delivery_mode).where(
-        _membership.c.community_id == community_id,
-        _membership.c.person_id == person_id)).first()
-    return MemberInfo(row.role, row.delivery_mode) if row else None
-
-
 def person_addresses(connection: Connection, person_id: int) -> set[str]:
     return set(connection.execute(select(_address.c.email).where(
         _address.c.person_id == person_id)).scalars())

@@ -1,4 +1,6 @@
-"""Thread step: which conversation a message belongs to.
+"""Thread step helpers: creating, counting and merging conversations.
+
+The choice itself (`Processor.choose`, on what a batch knows) follows these rules:
 
 In order: a known message among its In-Reply-To/References (the nearest ancestor first);
 the conversation of the reply token it was sent to; a conversation of the same community
@@ -9,9 +11,9 @@ that arrived before its parent is re-linked when the parent comes (`relink_child
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, case, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from bridge.models import Conversation, Message, Mute
 from inbound.parse import ParsedMail
@@ -36,39 +38,6 @@ def ancestors(parsed: ParsedMail) -> list[str]:
     return [i for i in ids if i != parsed.message_id]
 
 
-def choose_conversation(connection: Connection, community_id: int, parsed: ParsedMail, *,
-                        token_conversation: int | None, window_days: int, now: datetime
-                        ) -> ThreadChoice:
-    refs = ancestors(parsed)
-    if refs:
-        rows = connection.execute(
-            select(_message.c.id, _message.c.conversation_id, _message.c.message_id)
-            .where(_message.c.community_id == community_id,
-                   _message.c.message_id.in_(refs))).all()
-        if rows:
-            found = {row.message_id: row for row in rows}
-            nearest = next(found[ref] for ref in refs if ref in found)
-            return ThreadChoice(int(nearest.conversation_id), int(nearest.id), "references")
-    if token_conversation is not None:
-        exists = connection.execute(select(_conversation.c.id).where(
-            _conversation.c.id == token_conversation,
-            _conversation.c.community_id == community_id)).scalar()
-        if exists is not None:
-            return ThreadChoice(int(exists), None, "reply token")
-    normalized = normalise_subject(parsed.subject)
-    if normalized and window_days > 0:
-        since = now - timedelta(days=window_days)
-        row = connection.execute(
-            select(_conversation.c.id)
-            .where(_conversation.c.community_id == community_id,
-                   _conversation.c.normalized_subject == normalized,
-                   _conversation.c.last_activity >= since)
-            .order_by(_conversation.c.last_activity.desc()).limit(1)).scalar()
-        if row is not None:
-            return ThreadChoice(int(row), None, "subject")
-    return ThreadChoice(None, None, "new")
-
-
 def create_conversation(connection: Connection, community_id: int, parsed: ParsedMail,
                         author_id: int | None) -> int:
     subject = strip_prefixes(parsed.subject) or parsed.subject
@@ -77,21 +46,6 @@ def create_conversation(connection: Connection, community_id: int, parsed: Parse
         normalized_subject=normalise_subject(parsed.subject), started_at=parsed.date,
         last_activity=parsed.date, message_count=0, author_id=author_id,
         first_reply_at=None).returning(_conversation.c.id)).scalar_one())
-
-
-def count_message(connection: Connection, conversation_id: int, date: datetime,
-                  is_first: bool) -> None:
-    """Add one message to a conversation's counters."""
-    when = literal(date, type_=_conversation.c.last_activity.type)
-    values: dict[str, object] = {
-        "message_count": _conversation.c.message_count + 1,
-        "last_activity": case((_conversation.c.last_activity < when, when),
-                              else_=_conversation.c.last_activity),
-    }
-    if not is_first:
-        values["first_reply_at"] = func.coalesce(_conversation.c.first_reply_at, when)
-    connection.execute(update(_conversation).where(_conversation.c.id == conversation_id)
-                       .values(**values))
 
 
 def refresh_conversation(connection: Connection, conversation_id: int) -> None:
