@@ -72,8 +72,17 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# A bare ASCII addr-spec (dot-atom local part, LDH labels of at most 63 characters): what SMTP
+# envelopes almost always hold, and what the full parse below would give back unchanged.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*")
+
+
 def normalise_address(address: str) -> str:
     """Lower-case an address and write its domain in ASCII (IDNA); '' when it is not one."""
+    if _PLAIN_ADDRESS.fullmatch(address):  # the common case, without the parser's cost
+        return address.lower()
     _, addr = parseaddr(address)
     addr = addr.strip().strip("<>")
     local, at, domain = addr.rpartition("@")

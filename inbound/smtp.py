@@ -123,8 +123,9 @@ class GatewayHandler:
             log.error("refused a message from %s: %s", inbox_envelope.peer, exc)
             return self._each(envelope,
                               "451 4.3.0 Could not store the message; try again later")
-        log.debug("accepted #%d from %s for %s (%d bytes)", inbox_id, envelope.mail_from,
-                 ", ".join(envelope.rcpt_tos), len(raw))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("accepted #%d from %s for %s (%d bytes)", inbox_id, envelope.mail_from,
+                      ", ".join(envelope.rcpt_tos), len(raw))
         return self._each(envelope, f"250 2.0.0 Queued as #{inbox_id}")
 
     def _each(self, envelope: Envelope, status: str) -> str:

@@ -1,7 +1,7 @@
 """Durable acceptance: the exact bytes and the envelope are committed before "250".
 
 Every way mail comes in (SMTP, LMTP, IMAP, import) hands raw bytes and an envelope to an
-`InboxWriter`. The SMTP handler awaits `accept()`; a single writer task gathers whatever
+`InboxWriter`. The SMTP handler awaits `accept()`; a single writer thread gathers whatever
 messages are waiting — from all sessions — and commits them in one transaction (group
 commit), then answers each waiting session. While one batch commits the next one gathers,
 so under load each fsync serves many messages, and no session is answered before its
@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import queue
 import re
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Dialect, Engine, bindparam, insert
 
 from bridge.blobs import BlobStore
 from bridge.clock import Clock
@@ -69,10 +70,58 @@ def header_message_id(raw: bytes) -> str:
     return value[:900]
 
 
+class _InboxInsert:
+    """Inserts inbox rows in one statement run per batch, returning their ids in order.
+
+    On SQLite the rows go through the bare driver (`executemany` of the INSERT SQLAlchemy
+    compiles once, with the columns' own bind processors, so what is stored is exactly what
+    the ORM would store): the SQLAlchemy statement machinery cost more CPU than the insert,
+    and in the gateway that CPU is taken from the event loop answering SMTP. The ids are
+    consecutive because the transaction holds SQLite's write lock (BEGIN IMMEDIATE) and the
+    id is the rowid. Other databases take the portable INSERT … RETURNING.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.bare = dialect.name == "sqlite"
+        self.columns = [column.name for column in _inbox.columns if column.name != "id"]
+        compiled = insert(_inbox).values(
+            {name: bindparam(name) for name in self.columns}).compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.order = list(compiled.positiontup or [])
+        processors = {name: _inbox.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in self.order}
+        self.processors = [(name, processors[name]) for name in self.order]
+
+    def __call__(self, connection: Connection, rows: list[dict[str, object]]) -> list[int]:
+        if not self.bare:
+            result = connection.execute(
+                insert(_inbox).returning(_inbox.c.id, sort_by_parameter_order=True), rows)
+            return [int(inbox_id) for inbox_id in result.scalars()]
+        parameters = [tuple(value if process is None else process(value)
+                            for name, process in self.processors
+                            for value in (row.get(name),))
+                      for row in rows]
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(self.sql, parameters)
+            last = int(cursor.execute("SELECT last_insert_rowid()").fetchone()[0])
+        finally:
+            cursor.close()
+        return list(range(last - len(rows) + 1, last + 1))
+
+
 @dataclass
 class _Pending:
-    row: dict[str, object]
+    """A message waiting for the writer thread: its row when already made (large mail, whose
+    bytes went to the content store off the event loop), else the bytes to make it from."""
+
+    raw: bytes
+    envelope: Envelope
+    row: dict[str, object] | None
     future: asyncio.Future[int] = field(repr=False)
+
+
+_STOP = object()
 
 
 class InboxWriter:
@@ -83,11 +132,10 @@ class InboxWriter:
         self.inline_limit = inline_limit
         self.clock = clock
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._task: asyncio.Task[None] | None = None
-        # One thread and one connection for the group commits: no pool checkout per batch.
-        self._executor: ThreadPoolExecutor | None = None
-        self._connection: Connection | None = None
+        self._insert = _InboxInsert(engine.dialect)
+        self._queue: queue.SimpleQueue[_Pending | object] | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.arrived = asyncio.Event()  # set after each committed batch (wakes the processor)
 
     def row(self, raw: bytes, envelope: Envelope, received_at: datetime | None = None,
@@ -113,9 +161,7 @@ class InboxWriter:
     def write_rows(self, rows: list[dict[str, object]]) -> list[int]:
         """Insert rows in one transaction; returns their ids, in order."""
         with self.engine.begin() as connection:
-            result = connection.execute(
-                insert(_inbox).returning(_inbox.c.id, sort_by_parameter_order=True), rows)
-            return [int(inbox_id) for inbox_id in result.scalars()]
+            return self._insert(connection, rows)
 
     def accept_sync(self, raw: bytes, envelope: Envelope) -> int:
         """Durably store one message from a thread (IMAP poller, importer, CLI)."""
@@ -124,68 +170,84 @@ class InboxWriter:
     # --- the group-commit writer for the event loop ----------------------------------------
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
-        self._task = asyncio.create_task(self._run(), name="inbox-writer")
+        self._loop = asyncio.get_running_loop()
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    def _close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None
-
-    def _write_group(self, rows: list[dict[str, object]]) -> list[int]:
-        """One group commit, on the writer thread's own connection (reopened after an
-        error: the database may have gone away and come back)."""
-        try:
-            if self._connection is None:
-                self._connection = self.engine.connect()
-            with self._connection.begin():
-                result = self._connection.execute(
-                    insert(_inbox).returning(_inbox.c.id, sort_by_parameter_order=True), rows)
-                return [int(inbox_id) for inbox_id in result.scalars()]
-        except Exception:
-            self._close()
-            raise
+        """Commit what is queued, answer its sessions, then stop the writer thread."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self._queue = None
 
     async def accept(self, raw: bytes, envelope: Envelope) -> int:
         """Return once `raw` is committed; raises when it could not be stored."""
-        if self._queue is None:
+        if self._queue is None or self._loop is None:
             raise RuntimeError("InboxWriter.start() was not called")
-        loop = asyncio.get_running_loop()
-        row = await asyncio.to_thread(self.row, raw, envelope) if len(raw) > self.inline_limit \
-            else self.row(raw, envelope)
-        pending = _Pending(row, loop.create_future())
-        await self._queue.put(pending)
+        row = await asyncio.to_thread(self.row, raw, envelope) \
+            if len(raw) > self.inline_limit else None
+        pending = _Pending(raw, envelope, row, self._loop.create_future())
+        self._queue.put(pending)
         return await pending.future
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        """The writer thread: take what is waiting (from every session), make the rows,
+        commit them together, answer. Each fsync serves all the messages that arrived while
+        the previous batch was being committed."""
         assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        connection: Connection | None = None
+        stopping = False
+        while not stopping:
+            batch: list[_Pending] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if not batch:
+                continue
             try:
-                ids = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._write_group, [p.row for p in batch])
+                rows = [p.row if p.row is not None else self.row(p.raw, p.envelope)
+                        for p in batch]
+                if connection is None:
+                    connection = self.engine.connect()
+                with connection.begin():
+                    outcome: list[int] | Exception = self._insert(connection, rows)
             except Exception as exc:  # every waiting session gets the error
                 log.error("could not store %d message(s): %s", len(batch), exc)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            for pending, inbox_id in zip(batch, ids, strict=True):
+                outcome = exc
+                if connection is not None:  # the database may have gone away: reconnect
+                    with contextlib.suppress(Exception):
+                        connection.close()
+                    connection = None
+            self._answer(batch, outcome)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _answer(self, batch: list[_Pending], outcome: list[int] | Exception) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._resolve, batch, outcome)
+
+    def _resolve(self, batch: list[_Pending], outcome: list[int] | Exception) -> None:
+        """On the event loop: answer every session of a batch, wake the processor."""
+        if isinstance(outcome, Exception):
+            for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(inbox_id)
-            self.arrived.set()
+                    pending.future.set_exception(outcome)
+            return
+        for pending, inbox_id in zip(batch, outcome, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(inbox_id)
+        self.arrived.set()
