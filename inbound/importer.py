@@ -47,6 +47,7 @@ message the processor held, rejected or failed (`ImportReport.problems`).
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import hashlib
 import lzma
@@ -123,20 +124,39 @@ class InboxRow:
     source: str
 
 
+# A worker process's processor and analyser, kept from one batch to the next (the analyser's
+# cache of stems above all), with the settings they were made for.
+_worker: tuple[Settings, Processor, Analyzer] | None = None
+
+
 def prepare_rows(settings: Settings, rows: list[InboxRow]) -> list[Prepared]:
     """`Processor.prepare` for rows, in a worker process (it needs the settings only: the
-    CPU work touches no database, and attachments go to the content store, a folder)."""
-    processor = Processor(App(settings), fan_out=False, notify=False)
+    CPU work touches no database, and attachments go to the content store, a folder).
+
+    What goes back leaves out the rows (and so the raw bytes), which the writing process has:
+    `_attach` puts them back."""
+    global _worker
+    if _worker is None or _worker[0] != settings:
+        _worker = (settings, Processor(App(settings), fan_out=False, notify=False), Analyzer())
+    _, processor, analyzer = _worker
     prepared = [processor.prepare(row) for row in rows]  # type: ignore[arg-type]
     # The search index terms too, when the message's language is known (else the
     # community's decides, at the commit): the writing process has the least time to spare.
-    analyzer = Analyzer()
     for item in prepared:
         if item.parsed is not None and item.extracted is not None and item.extracted.language:
             language = item.extracted.language
             item.index_terms = [(text, language, analyzer.index_text(text, language))
                                 for text in (item.parsed.subject, item.extracted.text) if text]
+        item.row = None  # type: ignore[assignment]
+        item.raw = b""
     return prepared
+
+
+def _attach(prepared: list[Prepared], rows: list[InboxRow]) -> None:
+    """Give prepared rows back from `prepare_rows` their inbox rows (in the same order)."""
+    for item, row in zip(prepared, rows, strict=True):
+        item.row = row  # type: ignore[assignment]
+        item.raw = row.raw
 
 
 @dataclass
@@ -354,13 +374,19 @@ def deobfuscate_from(raw: bytes) -> bytes:
 
 def _from_address(raw: bytes) -> str:
     """The From address, cheaply, for the envelope sender of an imported message."""
-    from email.utils import parseaddr
-
     head = raw.split(b"\n\n", 1)[0]
     match = re.search(rb"^From:[ \t]*(.*)$", head, re.MULTILINE | re.IGNORECASE)
     if not match:
         return ""
-    value = match.group(1).decode("ascii", "replace").strip()
+    return _address_in(match.group(1).decode("ascii", "replace").strip())
+
+
+@functools.lru_cache(maxsize=8192)
+def _address_in(value: str) -> str:
+    """The address of a From value (a person writes many messages of an archive, with the
+    same From line: its address is read once)."""
+    from email.utils import parseaddr
+
     address = (plain_address(value) or parseaddr(value)[1])[:500]
     return address if "@" in address else ""
 
@@ -580,6 +606,8 @@ class Importer:
                 prepared.extend(part.result())
             else:
                 prepared.append(part)
+        if staged.prepared and isinstance(staged.prepared[0], Future):
+            _attach(prepared, staged.rows)  # prepared in the workers
         self.processor.commit(prepared)
         with self.app.engine.connect() as connection:
             for row in connection.execute(

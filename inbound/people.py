@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, select
 
 from bridge.addresses import domain_of
 from bridge.models import Address, Membership, OrganisationDomain, Person
@@ -16,6 +17,8 @@ _address = Address.__table__  # type: ignore[attr-defined]
 _person = Person.__table__  # type: ignore[attr-defined]
 _membership = Membership.__table__  # type: ignore[attr-defined]
 _orgdomain = OrganisationDomain.__table__  # type: ignore[attr-defined]
+_ORGANISATION = select(_orgdomain.c.organisation_id).where(
+    _orgdomain.c.domain == bindparam("domain"))
 
 
 @dataclass(frozen=True)
@@ -49,19 +52,19 @@ def find_sender(connection: Connection, settings: Settings, address: str) -> Sen
     return Sender(int(row.id), address, kind, row.language or "")
 
 
-def ensure_sender(connection: Connection, sender: Sender, name: str, now: datetime) -> int:
-    """The sender's person id, creating the person (and address) on first contact."""
-    if sender.person_id is not None:
-        return sender.person_id
-    organisation = connection.execute(select(_orgdomain.c.organisation_id).where(
-        _orgdomain.c.domain == domain_of(sender.address))).scalar()
-    person_id = connection.execute(insert(_person).values(
-        display_name=name[:200], language="", timezone="", kind=None,
-        organisation_id=organisation, digest_time="", digest_weekday="", own_copies=False,
-        created_at=now).returning(_person.c.id)).scalar_one()
-    connection.execute(insert(_address).values(email=sender.address, person_id=person_id,
-                                               primary=True))
-    return int(person_id)
+def organisation_of(connection: Connection, domain: str) -> int | None:
+    """The organisation that owns `domain` (one of its organisation domains), if any."""
+    found = connection.execute(_ORGANISATION, {"domain": domain}).scalar()
+    return None if found is None else int(found)
+
+
+def person_row(name: str, organisation_id: int | None, now: datetime) -> dict[str, Any]:
+    """The row of a person met for the first time as the author of a message (the processor
+    adds it, and the address, with its batch: `inbound.batch.Batch.person`)."""
+    return {"display_name": name[:200], "language": "", "timezone": "", "kind": None,
+            "organisation_id": organisation_id, "digest_time": "", "digest_weekday": "",
+            "own_copies": False, "created_at": now}
+
 
 
 def person_addresses(connection: Connection, person_id: int) -> set[str]:

@@ -6,12 +6,14 @@ A pass has three phases, so that the database's write lock is never held during 
    `next_attempt_at` forward (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so instances share the
    work; a crashed instance's lease simply expires);
 2. prepare (no transaction): parse → classify → extract, each a plain function;
-3. commit (one transaction for the batch, a savepoint per message): for each recipient
-   route, authorise → thread → store, or hand the message to a handler (commands, bounces,
-   moderation, ...), and record the row's final status and reason.
+3. commit (one transaction for the batch): for each recipient route, authorise → thread →
+   store, or hand the message to a handler (commands, bounces, moderation, ...), and record
+   the row's final status and reason. The rows a message stores are staged and written
+   with the batch's others, one statement per table (`inbound.batch`); a message that runs
+   statements of its own (a handler, a hold, ...) does so in a savepoint of its own.
 
 A message that raises is marked failed with a short reason and retried with backoff; it
-never blocks the others.
+never blocks the others (what it staged is dropped, its savepoint rolled back).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from bridge.addresses import (
@@ -43,18 +46,18 @@ from bridge.models import Attachment, Community, Conversation, Held, InboxItem, 
 from bridge.searchtext import Analyzer, register_analyzer
 from bridge.tokens import read_token
 from inbound.authorise import authorise
-from inbound.batch import Batch, Staged
+from inbound.batch import Batch, BulkWriteFailed, Staged
 from inbound.classify import ClassifierConfig, Verdict, classify, parse_dsn
 from inbound.extract import Extracted, extract
 from inbound.forwarded import ForwardedMessage, derived_id
 from inbound.language import guess_language
 from inbound.parse import ParsedMail, parse
-from inbound.people import Sender, ensure_sender, find_sender, is_staff_address
+from inbound.people import Sender, find_sender, is_staff_address
 from inbound.subjects import normalise_subject
 from inbound.threader import (
     ThreadChoice,
     ancestors,
-    create_conversation,
+    conversation_row,
     refresh_conversation,
     relink_children,
 )
@@ -71,7 +74,6 @@ _held = Held.__table__  # type: ignore[attr-defined]
 # How long a claimed row is left to the instance that claimed it before another may take it
 # (its `next_attempt_at` is pushed this far); a batch takes well under a second.
 LEASE = timedelta(seconds=60)
-_INSERT_MESSAGE = insert(_message).returning(_message.c.id)
 NOT_POSTED = ("bounce", "feedback", "auto_reply", "loop")
 
 
@@ -189,6 +191,16 @@ class Processor:
     # --- phase 3: commit --------------------------------------------------------------------
 
     def commit(self, prepared_batch: list[Prepared]) -> None:
+        try:
+            self._commit(prepared_batch, immediate=False)
+        except BulkWriteFailed as exc:
+            # A row the checks did not foresee (a constraint, a value the database refuses):
+            # the batch again, each row written at once, so that only its message fails.
+            log.warning("writing a batch of %d messages in bulk failed (%s): once more, row "
+                        "by row", len(prepared_batch), exc)
+            self._commit(prepared_batch, immediate=True)
+
+    def _commit(self, prepared_batch: list[Prepared], immediate: bool) -> None:
         now = self.app.clock.now()
         with self.app.engine.begin() as connection:
             ids = [p.row.id for p in prepared_batch]
@@ -204,19 +216,29 @@ class Processor:
                     analyzer.remember(text, language, terms)
                 register_analyzer(connection.connection.dbapi_connection, analyzer)
             batch = Batch(connection, self.settings, now,
-                          [p.parsed for p in prepared_batch])
+                          [p.parsed for p in prepared_batch],
+                          [self.forwarded_id(message) for p in prepared_batch
+                           if p.extracted for message in p.extracted.forwarded],
+                          immediate=immediate)
             for prepared in prepared_batch:
                 if statuses.get(prepared.row.id) not in ("pending", "failed"):
                     continue  # another instance finished it while we prepared
-                staged = Staged()
-                savepoint = connection.begin_nested()
+                staged = batch.start()
                 try:
                     if prepared.error:
                         raise RuntimeError(prepared.error)
                     result = self.handle(connection, batch, staged, prepared)
-                    savepoint.commit()
+                    if staged.savepoint is not None:
+                        staged.savepoint.commit()
+                except BulkWriteFailed:
+                    raise
                 except Exception as exc:
-                    savepoint.rollback()
+                    if isinstance(exc, DBAPIError) and staged.savepoint is None \
+                            and not immediate:
+                        # A statement failed outside a savepoint (after which PostgreSQL
+                        # refuses the rest of the transaction): message by message again.
+                        raise BulkWriteFailed(f"{type(exc).__name__}: {exc}"[:500]) from exc
+                    batch.discard(staged)
                     self._failed(connection, prepared, exc)
                     continue
                 batch.merge(staged)
@@ -289,7 +311,7 @@ class Processor:
         if bounce_routes or verdict.kind in ("bounce", "feedback"):
             route = (bounce_routes or routes or [Route(RouteKind.BOUNCE, "")])[0]
             result.kind = verdict.kind if verdict.kind in ("bounce", "feedback") else "bounce"
-            outcome = self._call(connection, "bounce", prepared, route)
+            outcome = self._call(batch.direct(staged), "bounce", prepared, route)
             result.add(outcome.status, outcome.reason or verdict.reason)
             return result
         if verdict.kind in ("auto_reply", "loop"):
@@ -300,7 +322,7 @@ class Processor:
             return result
         for route in routes:
             if route.kind == RouteKind.REPLY and "mute" in self.handlers.extra:
-                outcome = self._call(connection, "mute", prepared, route)
+                outcome = self._call(batch.direct(staged), "mute", prepared, route)
                 if outcome.status != "pass":  # a "mute" reply: handled, not posted
                     result.kind = "command"
                     result.add(outcome.status, outcome.reason)
@@ -311,7 +333,7 @@ class Processor:
                 self.post(connection, batch, staged, prepared, route, result)
             else:
                 result.kind = "command" if route.kind == RouteKind.COMMAND else route.kind
-                outcome = self._call(connection, route.kind, prepared, route)
+                outcome = self._call(batch.direct(staged), route.kind, prepared, route)
                 result.add(outcome.status, outcome.reason)
         if prepared.parsed.in_reply_to and result.kind == "post":
             result.kind = "reply"
@@ -345,13 +367,13 @@ class Processor:
             session.commit()  # joined to our transaction: this only releases its savepoint
         return outcome
 
-    def _notify(self, connection: Connection, prepared: Prepared, route: Route, code: str,
-                details: dict[str, str]) -> None:
+    def _notify(self, batch: Batch, staged: Staged, prepared: Prepared, route: Route,
+                code: str, details: dict[str, str]) -> None:
         verdict = prepared.verdict
         if not self.notify or not code or not prepared.row.mail_from \
                 or (verdict is not None and verdict.kind in NOT_POSTED):
             return
-        with Session(bind=connection) as session:
+        with Session(bind=batch.direct(staged)) as session:
             self.handlers.notify(session, self.incoming(prepared, route), code, details)
             session.commit()  # joined to our transaction: this only releases its savepoint
 
@@ -367,6 +389,7 @@ class Processor:
                 result.add("rejected", "the reply address is not valid")
                 return
             token_person, token_conversation = data.first, data.second
+            batch.flush_pending()
             community_id = connection.execute(select(_conversation.c.community_id).where(
                 _conversation.c.id == token_conversation)).scalar()
             community = batch.communities_by_id.get(community_id) if community_id else None
@@ -403,14 +426,15 @@ class Processor:
             approved = held_status == "approved"
         if not approved:
             if token_person is not None and sender.person_id != token_person:
-                self._hold(connection, prepared, route, community, result,
+                self._hold(batch, staged, prepared, route, community, result,
                            "sent to a personal reply address from another address",
                            "token_mismatch")
                 return
             if token_person is not None and member is None:
                 result.add("rejected", f"{slug}: the reply address was revoked (no longer "
                                        f"a member)")
-                self._notify(connection, prepared, route, "revoked", {"community": slug})
+                self._notify(batch, staged, prepared, route, "revoked",
+                             {"community": slug})
                 return
             decision = authorise(policy=community.posting_policy,
                                  admits_guests=community.admits_guests, sender=sender,
@@ -419,15 +443,15 @@ class Processor:
                                  external=self.external_recipients(parsed),
                                  visibility=community.visibility)
             if decision.action == "hold":
-                self._hold(connection, prepared, route, community, result, decision.reason,
-                           decision.code)
+                self._hold(batch, staged, prepared, route, community, result,
+                           decision.reason, decision.code)
                 return
             if decision.action == "reject":
                 result.add("rejected", f"{slug}: {decision.reason}")
                 return
         if extracted.is_empty:
             result.add("rejected", f"{slug}: empty message (no text, no attachment)")
-            self._notify(connection, prepared, route, "empty", {"community": slug})
+            self._notify(batch, staged, prepared, route, "empty", {"community": slug})
             return
         self.store(connection, batch, staged, prepared, community, sender, token_conversation,
                    result)
@@ -439,10 +463,11 @@ class Processor:
                      if domain_of(address) not in ours
                      and not is_staff_address(self.settings, address))
 
-    def _hold(self, connection: Connection, prepared: Prepared, route: Route, community: Any,
-              result: RowResult, reason: str, code: str) -> None:
+    def _hold(self, batch: Batch, staged: Staged, prepared: Prepared, route: Route,
+              community: Any, result: RowResult, reason: str, code: str) -> None:
         parsed = prepared.parsed
         assert parsed is not None
+        connection = batch.direct(staged)
         exists = connection.execute(select(_held.c.id).where(
             _held.c.inbox_id == prepared.row.id,
             _held.c.community_id == community.id)).scalar()
@@ -452,7 +477,7 @@ class Processor:
                 sender=parsed.from_address, subject=parsed.subject[:500], reason=reason,
                 code=code, status="pending", decided_by="", decision_note="",
                 created_at=self.app.clock.now()))
-            self._notify(connection, prepared, route, code,
+            self._notify(batch, staged, prepared, route, code,
                          {"community": community.slug, "reason": reason})
         result.add("held", f"{community.slug}: {reason}")
 
@@ -464,7 +489,7 @@ class Processor:
         now = batch.now
         author_id: int | None = None
         if sender.address:  # no readable From: an unknown author, not a person named ""
-            author_id = ensure_sender(connection, sender, parsed.from_name, now)
+            author_id = batch.person(staged, sender, parsed.from_name)
             if sender.person_id is None:
                 staged.senders[sender.address] = Sender(author_id, sender.address,
                                                         sender.kind, sender.language)
@@ -473,14 +498,16 @@ class Processor:
             choice = self.choose_forwarded(batch, community.id, extracted.forwarded)
         conversation_id = choice.conversation_id
         if conversation_id is None:
-            conversation_id = create_conversation(connection, community.id, parsed, author_id)
+            conversation_id = batch.add(staged, _conversation,
+                                        conversation_row(community.id, parsed, author_id))
+            assert conversation_id is not None
             staged.subjects[(community.id, normalise_subject(parsed.subject))] = \
                 conversation_id
         parent_id = choice.parent_id
         if extracted.forwarded:
             parent_id = self.store_forwarded(connection, batch, staged, prepared, community,
                                              conversation_id, parent_id)
-        message_pk = self.insert_message(connection, prepared, community, {
+        message_pk = self.insert_message(batch, staged, prepared, community, {
             "conversation_id": conversation_id, "message_id": parsed.message_id,
             "parent_id": parent_id, "in_reply_to": parsed.in_reply_to,
             "references": parsed.references, "author_id": author_id,
@@ -491,25 +518,25 @@ class Processor:
             "to_cc": parsed.to + parsed.cc, "security": extracted.security,
             "has_attachments": any(not a.inline for a in extracted.attachments)})
         staged.known[(community.id, parsed.message_id)] = (message_pk, conversation_id)
-        if extracted.attachments:
-            connection.execute(insert(_attachment), [
-                {"message_id": message_pk, "position": position, "filename": a.filename,
-                 "content_type": a.content_type, "size": a.size,
-                 "sha256": a.sha256 if a.kept else "", "inline": a.inline,
-                 "content_id": a.content_id}
-                for position, a in enumerate(extracted.attachments)])
+        for position, a in enumerate(extracted.attachments):
+            batch.add(staged, _attachment, {
+                "message_id": message_pk, "position": position, "filename": a.filename,
+                "content_type": a.content_type, "size": a.size,
+                "sha256": a.sha256 if a.kept else "", "inline": a.inline,
+                "content_id": a.content_id})
         staged.counters.append((conversation_id, parsed.date,
                                 choice.conversation_id is not None or bool(extracted.forwarded)))
         if parsed.in_reply_to and choice.parent_id is None:
             staged.children[(community.id, parsed.in_reply_to)] = 1
         if (community.id, parsed.message_id) in batch.children:
-            gone = relink_children(connection, community.id, message_pk, parsed.message_id,
-                                   conversation_id)
+            gone = relink_children(batch.direct(staged), community.id, message_pk,
+                                   parsed.message_id, conversation_id)
             if gone:
                 batch.merged(gone, conversation_id)
                 staged.refreshed |= gone | {conversation_id}
         if extracted.forwarded and choice.conversation_id is None:
-            refresh_conversation(connection, conversation_id)  # the thread began earlier
+            # The thread began earlier.
+            refresh_conversation(batch.direct(staged), conversation_id)
             staged.refreshed.add(conversation_id)
         deliveries = 0
         if self.fan_out and prepared.row.source != "import":
@@ -521,22 +548,28 @@ class Processor:
         result.add("done", f"{community.slug}: conversation #{conversation_id} "
                            f"({choice.how}), {deliveries} copies to send")
 
-    def insert_message(self, connection: Connection, prepared: Prepared, community: Any,
-                       values: dict[str, Any]) -> int:
+    def insert_message(self, batch: Batch, staged: Staged, prepared: Prepared,
+                       community: Any, values: dict[str, Any]) -> int:
+        """Stage a message row (`values` over the defaults); returns its id."""
         row = {"community_id": community.id, "received_at": prepared.row.received_at,
                "inbox_id": prepared.row.id, "status": "published", "redacted_reason": "",
                "redacted_at": None, "quoted": "", "signature": "", "html": "",
                "in_reply_to": "", "references": [], "to_cc": [], "has_attachments": False,
                "security": "",
                "language": community.language} | values
-        return int(connection.execute(_INSERT_MESSAGE, row).scalar_one())
+        message_pk = batch.add(staged, _message, row)
+        assert message_pk is not None
+        return message_pk
+
+    def forwarded_id(self, message: ForwardedMessage) -> str:
+        """The Message-ID a forwarded thread's message is archived under."""
+        return message.message_id or derived_id(message, self.settings.instance.primary_domain)
 
     def choose_forwarded(self, batch: Batch, community_id: int,
                          forwarded: list[ForwardedMessage]) -> ThreadChoice:
         """A forward of a thread the community already holds joins its conversation."""
-        domain = self.settings.instance.primary_domain
         for message in reversed(forwarded):
-            message_id = message.message_id or derived_id(message, domain)
+            message_id = self.forwarded_id(message)
             known = batch.known.get((community_id, message_id))
             if known is not None:
                 return ThreadChoice(known[1], known[0], "forwarded thread")
@@ -549,9 +582,10 @@ class Processor:
         dates; returns the newest one's id (the forwarder's note answers it)."""
         parsed = prepared.parsed
         assert parsed is not None
-        domain = self.settings.instance.primary_domain
         for message in prepared.extracted.forwarded if prepared.extracted else []:
-            message_id = message.message_id or derived_id(message, domain)
+            message_id = self.forwarded_id(message)
+            if message_id == parsed.message_id:
+                continue  # the message forwards itself: it is stored once, as itself
             known = batch.known.get((community.id, message_id)) or staged.known.get(
                 (community.id, message_id))
             if known is not None:
@@ -560,13 +594,15 @@ class Processor:
             author_id = None
             if message.author_address:
                 sender = (staged.senders.get(message.author_address)
-                          or batch.senders.get(message.author_address)
-                          or find_sender(connection, self.settings, message.author_address))
-                author_id = ensure_sender(connection, sender, message.author_name, batch.now)
+                          or batch.senders.get(message.author_address))
+                if sender is None:
+                    batch.flush_pending()
+                    sender = find_sender(connection, self.settings, message.author_address)
+                author_id = batch.person(staged, sender, message.author_name)
                 staged.senders[sender.address] = Sender(author_id, sender.address,
                                                         sender.kind, sender.language)
             date = min(message.date or parsed.date, parsed.date)
-            pk = self.insert_message(connection, prepared, community, {
+            pk = self.insert_message(batch, staged, prepared, community, {
                 "conversation_id": conversation_id, "message_id": message_id,
                 "parent_id": parent_id, "author_id": author_id,
                 "from_address": message.author_address, "from_name": message.author_name,
@@ -586,6 +622,7 @@ class Processor:
             if known is not None:
                 return ThreadChoice(known[1], known[0], "references")
         if token_conversation is not None:
+            batch.flush_pending()
             exists = connection.execute(select(_conversation.c.id).where(
                 _conversation.c.id == token_conversation,
                 _conversation.c.community_id == community_id)).scalar()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -38,14 +39,15 @@ def ancestors(parsed: ParsedMail) -> list[str]:
     return [i for i in ids if i != parsed.message_id]
 
 
-def create_conversation(connection: Connection, community_id: int, parsed: ParsedMail,
-                        author_id: int | None) -> int:
+def conversation_row(community_id: int, parsed: ParsedMail, author_id: int | None
+                     ) -> dict[str, Any]:
+    """The row of a new conversation that `parsed` starts (its counters are added with the
+    batch's others: `inbound.batch.Batch.flush_counters`)."""
     subject = strip_prefixes(parsed.subject) or parsed.subject
-    return int(connection.execute(insert(_conversation).values(
-        community_id=community_id, subject=subject[:500],
-        normalized_subject=normalise_subject(parsed.subject), started_at=parsed.date,
-        last_activity=parsed.date, message_count=0, author_id=author_id,
-        first_reply_at=None).returning(_conversation.c.id)).scalar_one())
+    return {"community_id": community_id, "subject": subject[:500],
+            "normalized_subject": normalise_subject(parsed.subject),
+            "started_at": parsed.date, "last_activity": parsed.date, "message_count": 0,
+            "author_id": author_id, "first_reply_at": None}
 
 
 def refresh_conversation(connection: Connection, conversation_id: int) -> None:
