@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import html as htmlmod
 import json
 import logging
@@ -42,14 +41,20 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
 from types import MappingProxyType
 
 import flufl.bounce
+
+from bridge.charsets import (
+    content_charset,
+    decode_text,
+    decode_words,
+    mime_payload,
+    transported,
+)
 
 log = logging.getLogger("causerie.inbound")
 
@@ -87,7 +92,10 @@ _FEEDBACK_TYPE = "message/feedback-report"
 
 _ADDR_CHARS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]"
 _ADDR = rf"{_ADDR_CHARS}+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?"
-ADDR_RE = re.compile(_ADDR)
+# A match starts where a run of address characters starts (the leftmost address `search`
+# finds starts there anyway): tried from every position of a long run without "@", the
+# pattern was quadratic (a mangled From of 100,000 characters took 30 s to classify).
+ADDR_RE = re.compile(rf"(?<!{_ADDR_CHARS}){_ADDR}")
 _FULL_ADDR_RE = re.compile(rf"^{_ADDR}$")
 
 
@@ -114,10 +122,7 @@ def _readable(value: str) -> str:
     text = value
     if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes kept by the parser
         text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-    if "=?" in text:
-        with contextlib.suppress(ValueError, LookupError, UnicodeError, HeaderParseError):
-            text = str(make_header(decode_header(text)))
-    return " ".join(text.split())
+    return decode_words(text)
 
 
 def header_text(msg: Message, name: str) -> str:
@@ -232,17 +237,10 @@ def _payload_bytes(part: Message) -> bytes | None:
     The email package's quoted-printable decoder does not treat a lone CR as a line end and
     loses text after it; normalising the line ends before decoding keeps it all.
     """
-    try:
-        payload = part.get_payload()
-    except ValueError:  # 8-bit text with a charset Python cannot decode ("idna", a NUL)
+    data = transported(part)
+    if data is None or b"\r" not in data:
         return None
-    if not isinstance(payload, str) or "\r" not in payload:
-        return None
-    text = payload.replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        raw = text.encode("ascii", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogateescape")
+    raw = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if cte == "quoted-printable":
         return quopri.decodestring(raw)
@@ -263,17 +261,11 @@ def part_text(part: Message) -> str:
         except Exception:
             raw = None
     if raw is None:
-        payload = part.get_payload()
+        payload = mime_payload(part)
         text = payload if isinstance(payload, str) else ""
     else:
         data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
-        charset = "utf-8"
-        with contextlib.suppress(Exception):
-            charset = part.get_content_charset() or "utf-8"
-        try:
-            text = data.decode(charset, "replace")
-        except (LookupError, ValueError):
-            text = data.decode("latin-1")
+        text = decode_text(data, content_charset(part) or "utf-8", "latin-1")
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -644,7 +636,7 @@ def _field_blocks_from_text(text: str, known: frozenset[str] | None = None) -> l
 
 def _part_field_blocks(part: Message) -> list[Fields]:
     """The field blocks of a delivery-status or feedback-report part, however transported."""
-    payload = part.get_payload()
+    payload = mime_payload(part)
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     if isinstance(payload, list) and cte not in ("base64", "quoted-printable"):
         return [
@@ -829,7 +821,7 @@ def report_text(msg: Message) -> str:
     html: list[str] = []
     for part in mime_parts(msg):
         ptype = content_type(part)
-        broken_multipart = ptype.startswith("multipart/") and isinstance(part.get_payload(), str)
+        broken_multipart = ptype.startswith("multipart/") and isinstance(mime_payload(part), str)
         if part.is_multipart() or (ptype.startswith("message/") and not broken_multipart):
             continue
         try:
@@ -916,8 +908,31 @@ def _context_of(address: str, lines: list[str]) -> str:
     return ""
 
 
+# flufl.bounce's detectors match patterns line by line, and some are quadratic in a line's
+# length (GroupWise's `<[^>]*>` on a run of "<": a fuzzed report with 200,000 of them held the
+# processor for minutes). No report has such a line: flufl is not asked about one that does.
+_FLUFL_MAX_LINE = 5_000
+
+
+def _has_long_line(msg: Message, limit: int = _FLUFL_MAX_LINE) -> bool:
+    """Whether a part of `msg`, attached messages included, has a line longer than `limit`."""
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        try:
+            data = part.get_payload(decode=True)
+        except Exception:
+            continue
+        if isinstance(data, bytes) and len(data) > limit and any(
+                len(line) > limit for line in data.splitlines()):
+            return True
+    return False
+
+
 def _addresses_from_flufl(msg: Message) -> tuple[list[str], list[str]]:
     """(temporary, permanent) failures per flufl.bounce, as sorted lower-case strings."""
+    if _has_long_line(msg):
+        return [], []
     try:
         temporary, permanent = flufl.bounce.all_failures(msg)
     except Exception:  # a detector tripping over a malformed message must not stop us
@@ -941,10 +956,7 @@ def _attached_messages(msg: Message) -> Iterator[Message]:
         ptype = content_type(part)
         if ptype not in _ORIGINAL_TYPES:
             continue
-        try:
-            payload = part.get_payload()
-        except ValueError:  # 8-bit text with a charset Python cannot decode: no message
-            continue
+        payload = mime_payload(part)
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             yield payload[0]
         elif isinstance(payload, str):
@@ -1118,7 +1130,7 @@ def parse_feedback(msg: Message) -> FeedbackReport | None:
     for part in mime_parts(msg):
         if content_type(part) != "message/rfc822":
             continue
-        payload = part.get_payload()
+        payload = mime_payload(part)
         inner = payload[0] if isinstance(payload, list) and payload else None
         if isinstance(inner, Message) and "X-HmXmrOriginalRecipient" in inner:
             address = normalise_address(header_text(inner, "X-HmXmrOriginalRecipient"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from inbound.parse import Attachment, decode_payload
+from bridge.charsets import content_charset, decode_text
+from inbound.parse import Attachment
 
 TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature",
@@ -113,7 +114,7 @@ def find_calendar(message: Message, attachments: list[Attachment]) -> str:
         if part.get_content_type() == "text/calendar":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                return decode_payload(payload, part.get_content_charset())
+                return decode_text(payload, content_charset(part))
     for attachment in attachments:
         if attachment.content_type == "text/calendar" or \
                 attachment.filename.lower().endswith(".ics"):

@@ -18,13 +18,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
 import mailparser
 
 from bridge.addresses import normalise_address
+from bridge.charsets import content_charset, decode_text, decode_words
 
 # mail-parser logs "Email content 'mixed' not handled" for every multipart it walks.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
@@ -63,34 +63,6 @@ class ParsedMail:
         """A header's decoded value ("" when absent)."""
         value = self.message.get(name)
         return decode_words(str(value)) if value is not None else ""
-
-
-def decode_words(value: str | Header) -> str:
-    """Decode RFC 2047 encoded words, tolerating unknown charsets and bad encodings.
-
-    `value` may be a `Header`: the compat32 parser returns one for a header with raw 8-bit
-    bytes (`get_all("To")` on such mail); it is read as its text.
-    """
-    value = str(value)
-    if "=?" not in value:
-        return " ".join(value.split())
-    try:
-        return " ".join(str(make_header(decode_header(value))).split())
-    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-        try:
-            chunks = decode_header(value)
-        except email.errors.HeaderParseError:  # a word that is not base64: keep the text
-            return " ".join(value.split())
-        parts = []
-        for chunk, charset in chunks:
-            if isinstance(chunk, bytes):
-                try:
-                    parts.append(chunk.decode(charset or "ascii", "replace"))
-                except LookupError:
-                    parts.append(chunk.decode("latin-1"))
-            else:
-                parts.append(chunk)
-        return " ".join("".join(parts).split())
 
 
 def message_ids(value: str) -> list[str]:
@@ -152,20 +124,11 @@ def _date(message: Message, received_at: datetime, defects: list[str]) -> dateti
     return parsed
 
 
-def decode_payload(payload: bytes, charset: str | None) -> str:
-    """Bytes of a MIME part as text, whatever its declared charset: an unknown name, one with
-    a NUL, or a codec that is not a text encoding ("idna") falls back to UTF-8."""
-    try:
-        return payload.decode(charset or "utf-8", "replace")
-    except (LookupError, ValueError, UnicodeError):
-        return payload.decode("utf-8", "replace")
-
-
 def _decoded(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    return decode_payload(payload, part.get_content_charset())
+    return decode_text(payload, content_charset(part))
 
 
 def _own_parts(message: Message) -> tuple[list[str], list[str]]:

@@ -31,20 +31,24 @@ our own).
 from __future__ import annotations
 
 import binascii
-import codecs
-import contextlib
 import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.generator import BytesGenerator
-from email.header import decode_header, make_header
 from email.message import Message as MimeMessage
 from email.parser import BytesParser
 from email.utils import formatdate, getaddresses, make_msgid
 from html import escape as html_escape
 
+from bridge.charsets import (
+    content_charset,
+    decode_text,
+    decode_words,
+    mime_payload,
+    text_codec,
+)
 from bridge.i18n import Catalogues, normalise_language
 from bridge.tokens import make_token, reply_token
 from outbound.listheaders import (
@@ -118,20 +122,16 @@ def _decode_text(part: MimeMessage) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         payload = str(payload or "").encode("utf-8", "surrogateescape")
-    charset = part.get_content_charset() or "us-ascii"
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "utf-8"
+    charset = text_codec(content_charset(part) or "us-ascii")
     for candidate in (charset, "utf-8"):
         try:
             text = payload.decode(candidate)
             break
-        except UnicodeDecodeError:
+        except ValueError:  # UnicodeDecodeError, or a codec's own UnicodeError
             continue
     else:
-        text = payload.decode("windows-1252" if charset in ("us-ascii", "utf-8") else charset,
-                              "replace")
+        text = decode_text(payload, "windows-1252" if charset in ("us-ascii", "utf-8")
+                           else charset)
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -175,7 +175,7 @@ def _wrap(message: MimeMessage) -> None:
     for name, value in message.items():
         if name.lower().startswith("content-"):
             inner[name] = value
-    inner.set_payload(message.get_payload())
+    inner.set_payload(mime_payload(message))
     if not inner.get("Content-Type"):
         inner["Content-Type"] = "text/plain"
     for name in {n.lower() for n in message if n.lower().startswith("content-")}:
@@ -240,9 +240,7 @@ def decoded_header(value: bytes) -> str:
     """A header's value, RFC 2047 decoded, unfolded, on one line."""
     text = value.decode("utf-8", "surrogateescape").split(":", 1)[-1]
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    with contextlib.suppress(ValueError, LookupError, UnicodeError):
-        text = str(make_header(decode_header(text)))
-    return clean_text(text)
+    return clean_text(decode_words(text))
 
 
 # --- subjects ----------------------------------------------------------------------------------

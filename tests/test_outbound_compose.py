@@ -20,7 +20,14 @@ from bridge.i18n import catalogues
 from bridge.models import Person
 from bridge.settings import Settings
 from bridge.tokens import read_token
-from outbound.compose import Composer, PostInfo, Recipient, build_skeleton, list_subject
+from outbound.compose import (
+    Composer,
+    PostContext,
+    PostInfo,
+    Recipient,
+    build_skeleton,
+    list_subject,
+)
 from outbound.dkim import DkimSigner, generate_key, static_dns
 from outbound.dmarc import DmarcPolicies, StaticTxtResolver
 from outbound.listheaders import HeaderInjection, clean_text, format_address, header_line
@@ -340,18 +347,23 @@ def test_openssl_and_pure_python_signatures_agree() -> None:
 
 # --- composing once per message --------------------------------------------------------------
 
-def test_skeleton_is_shared_and_copies_differ_only_per_recipient() -> None:
-    raw = (FIXTURES / "alternative-with-attachment.eml").read_bytes()
-    skeleton = build_skeleton(raw)
-    assert skeleton.slots == ("text", "html")
+def composed(raw: bytes, message_id: str) -> tuple[Composer, PostContext]:
+    """A composer without an app, and the post context of `raw` as community "rd"'s."""
     composer = Composer(secret=b"s" * 32, domain=DOMAIN, base_url=BASE, instance_name="C",
                         catalogues=catalogues(("email",)))
-    info = PostInfo(message_pk=7, message_id="reunion-2@example.com", conversation_id=3,
+    info = PostInfo(message_pk=7, message_id=message_id, conversation_id=3,
                     community_id=1, community_slug="rd", community_name="R&D", subject_tag="",
                     reply_policy="personal", author_id=1, author_name="Amélie",
                     author_address="amelie@example.com", author_external=False,
                     author_organisation="", subject="", raw=raw)
-    context = composer.post_context(info)
+    return composer, composer.post_context(info)
+
+
+def test_skeleton_is_shared_and_copies_differ_only_per_recipient() -> None:
+    raw = (FIXTURES / "alternative-with-attachment.eml").read_bytes()
+    skeleton = build_skeleton(raw)
+    assert skeleton.slots == ("text", "html")
+    composer, context = composed(raw, "reunion-2@example.com")
     one = composer.compose_post(context, Recipient(1, 10, "a@example.com", "en"))
     two = composer.compose_post(context, Recipient(2, 11, "b@example.com", "fr"))
     assert one.startswith(context.head) and two.startswith(context.head)
@@ -379,3 +391,20 @@ def test_archived_at_quotes_message_id(app: App) -> None:
     copy = read_maildir(app.settings.outbox_dir)[0]
     url = copy["Archived-At"].strip("<>")
     assert " " not in url and unquote(url.rsplit("/m/", 1)[1]) == "a/b c%d@example.com"
+
+
+@pytest.mark.parametrize("charset", ["utf-8\x00", "idna", "base64", "x-bogus"])
+def test_a_body_in_a_charset_python_cannot_use_is_still_composed(charset: str) -> None:
+    """A text part declaring a charset with a NUL (codecs.lookup raised ValueError), "idna"
+    or "base64" (bytes.decode raised UnicodeError, LookupError), and a Subject word that is
+    not base64 (HeaderParseError), made every copy of the post fail; the text is read as
+    UTF-8, else as Windows-1252 (as for an undeclared charset), the Subject's word as text."""
+    raw = (b"From: a@example.com\r\nSubject: =?utf-8?B?!!!notbase64?=\r\n"
+           b"Message-ID: <charset@example.com>\r\nContent-Type: text/plain; charset=\""
+           + charset.encode("ascii") + b"\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           b"R\xe9sum\xe9 du projet.\r\n")
+    composer, context = composed(raw, "charset@example.com")
+    data = composer.compose_post(context, Recipient(1, 10, "b@example.com", "en"))
+    copy = email.message_from_bytes(data, policy=email.policy.default)
+    assert "notbase64" in str(copy["Subject"])
+    assert copy.get_content().startswith("Résumé du projet.\r\n")

@@ -3,8 +3,8 @@
 The property is the production one: no exception escapes the processor's `run_once`, every
 message ends done, held, rejected, discarded or failed — each with a reason — and its exact
 bytes are kept. "failed" rows are counted as crashes of a step: none is expected now that
-the ones found are fixed (tests/reliability/test_fuzz_regressions.py), apart from the
-one not yet located, named in `KNOWN_FAILURES`.
+the ones found are fixed (tests/reliability/test_fuzz_regressions.py); a reason not yet
+located would be named in `KNOWN_FAILURES` until it is fixed.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from hypothesis import strategies as st
 from bridge.app import App
 from tests.reliability.fuzzing import Harness, corpus_mutations, corpus_seeds, mime_messages
 
-# Not yet located (found at the deadline, listed in docs/RELIABILITY.md): a part whose
-# charset Python cannot use (a NUL in it, "idna", '"', an unknown name) or text with lone
-# surrogates raises in a step, and the message is marked failed with that reason. Each is a
-# failed row, never a processor crash; remove an entry once it is fixed.
-# Lone surrogates in a field not located yet (2 rows of 10,000 in the last soak run).
-KNOWN_FAILURES: tuple[str, ...] = ("surrogates not allowed",)
+# Failure reasons tolerated while their cause is not located (listed in docs/RELIABILITY.md):
+# none now. Charsets Python cannot use (a NUL in the name, "idna", RFC 2231 parameters) go
+# through bridge.charsets; reasons are cleaned of lone surrogates before they are stored.
+KNOWN_FAILURES: tuple[str, ...] = ()
 EXAMPLES = 12
 
 
