@@ -106,6 +106,54 @@ def decode_words(value: str | Header) -> str:
             chunks = decode_header(value)
         except HeaderParseError:  # a word that is not base64: keep the text
             return " ".join(value.split())
-        parts = [decode_text(chunk, charset or "ascii", "latin-1")
-                 if isinstance(chunk, bytes) else chunk for chunk, charset in chunks]
+        # decode_header gives the text between encoded words back as raw-unicode-escape
+        # bytes (charset None): read it the same way, or "à" beside a word would be lost.
+        parts = [chunk if not isinstance(chunk, bytes)
+                 else decode_text(chunk, charset, "latin-1") if charset
+                 else chunk.decode("raw-unicode-escape", "replace")
+                 for chunk, charset in chunks]
         return " ".join("".join(parts).split())
+
+
+def raw_header_values(msg: Message, name: str) -> list[str]:
+    """The stored values of every `name` header, without running the policy's parser (8-bit
+    bytes kept by the parser as surrogate escapes).
+
+    Reading through raw_items() costs the same under compat32 and policy.default, whose
+    header objects are parsed on each access (several times slower on a plain post); and
+    compat32 turns a header with 8-bit bytes into a `Header` whose text has lost them.
+    """
+    wanted = name.lower()
+    values: list[str] = []
+    try:
+        items = msg.raw_items()
+    except Exception:
+        return values
+    for key, value in items:
+        if key.lower() == wanted:
+            values.append(value if isinstance(value, str) else str(value))
+    return values
+
+
+def readable_header(value: str) -> str:
+    """A raw header value as one line of text: unfolded, RFC 2047 words decoded, and raw
+    8-bit text read as UTF-8 (RFC 6532, what SMTPUTF8 clients send) or, when it is not
+    UTF-8, as Windows-1252 (what old clients wrote without encoding)."""
+    if any("\udc80" <= char <= "\udcff" for char in value):
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError:
+            value = data.decode("cp1252", "replace")
+    return decode_words(value)
+
+
+def header_text(msg: Message, name: str) -> str:
+    """The first `name` header as readable text ("" when absent), whatever the policy."""
+    values = raw_header_values(msg, name)
+    return readable_header(values[0]) if values else ""
+
+
+def header_values(msg: Message, name: str) -> list[str]:
+    """Every `name` header, in order (top-most first), as readable text."""
+    return [readable_header(value) for value in raw_header_values(msg, name)]

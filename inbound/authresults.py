@@ -23,7 +23,8 @@ from email.message import Message
 
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type hints
 
-from inbound.bounces import header_text, header_values, normalise_address
+from bridge.charsets import header_text, header_values
+from inbound.bounces import normalise_address
 
 log = logging.getLogger("causerie.inbound")
 

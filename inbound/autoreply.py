@@ -22,7 +22,8 @@ import re
 from collections.abc import Callable
 from email.message import Message
 
-from inbound.bounces import header_text, is_daemon_address, normalise_address, strip_accents
+from bridge.charsets import header_text
+from inbound.bounces import is_daemon_address, normalise_address, strip_accents
 
 # Out-of-office and auto-reply subject phrases, written without accents, lower case.
 OOF_PHRASES: tuple[str, ...] = (

@@ -51,8 +51,10 @@ import flufl.bounce
 from bridge.charsets import (
     content_charset,
     decode_text,
-    decode_words,
+    header_text,
+    header_values,
     mime_payload,
+    raw_header_values,
     transported,
 )
 
@@ -97,43 +99,6 @@ _ADDR = rf"{_ADDR_CHARS}+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?"
 # pattern was quadratic (a mangled From of 100,000 characters took 30 s to classify).
 ADDR_RE = re.compile(rf"(?<!{_ADDR_CHARS}){_ADDR}")
 _FULL_ADDR_RE = re.compile(rf"^{_ADDR}$")
-
-
-def _raw_values(msg: Message, name: str) -> list[str]:
-    """The stored values of every `name` header, without running the policy's parser.
-
-    Reading through raw_items() costs the same under compat32 and policy.default, whose
-    header objects are parsed on each access (several times slower on a plain post).
-    """
-    wanted = name.lower()
-    values: list[str] = []
-    try:
-        items = msg.raw_items()
-    except Exception:
-        return values
-    for key, value in items:
-        if key.lower() == wanted:
-            values.append(value if isinstance(value, str) else str(value))
-    return values
-
-
-def _readable(value: str) -> str:
-    """A raw header value as one line of text: unfolded, RFC 2047 words and 8-bit decoded."""
-    text = value
-    if any("\udc80" <= char <= "\udcff" for char in text):  # raw 8-bit bytes kept by the parser
-        text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-    return decode_words(text)
-
-
-def header_text(msg: Message, name: str) -> str:
-    """The first `name` header as readable text ("" when absent), whatever the policy."""
-    values = _raw_values(msg, name)
-    return _readable(values[0]) if values else ""
-
-
-def header_values(msg: Message, name: str) -> list[str]:
-    """Every `name` header, in order (top-most first), as readable text."""
-    return [_readable(value) for value in _raw_values(msg, name)]
 
 
 # The common shapes of a From field — `addr`, `Name <addr>`, `addr (Name)` — with nothing
@@ -192,7 +157,7 @@ def content_type(msg: Message) -> str:
     A missing or broken Content-Type gives the part's default type (text/plain, or
     message/rfc822 inside multipart/digest), as RFC 2045 says.
     """
-    values = _raw_values(msg, "Content-Type")
+    values = raw_header_values(msg, "Content-Type")
     # A folded Content-Type without its ";" ("text/plain\n charset=...") still names its type.
     words = values[0].split(";")[0].split() if values else []
     ctype = words[0].lower() if words else ""
@@ -209,7 +174,7 @@ _REPORT_TYPE_RE = re.compile(r";\s*report-type\s*=\s*\"?([^\";\s]+)", re.IGNOREC
 
 def report_type(msg: Message) -> str:
     """The report-type parameter of a multipart/report ("delivery-status", ...), or ""."""
-    values = _raw_values(msg, "Content-Type")
+    values = raw_header_values(msg, "Content-Type")
     found = _REPORT_TYPE_RE.search(" ".join(values[0].split())) if values else None
     return found.group(1).lower() if found else ""
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 
+from bridge.charsets import header_text, header_values
 from inbound.autoreply import (
     oof_subject_anywhere,
     rule_auto_submitted,
@@ -46,8 +47,6 @@ from inbound.bounces import (
     BounceInfo,
     bounce_evidence,
     content_type,
-    header_text,
-    header_values,
     normalise_address,
     parse_dsn,
     parse_feedback,

@@ -24,7 +24,7 @@ from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 import mailparser
 
 from bridge.addresses import normalise_address
-from bridge.charsets import content_charset, decode_text, decode_words
+from bridge.charsets import content_charset, decode_text, decode_words, header_text, header_values
 
 # mail-parser logs "Email content 'mixed' not handled" for every multipart it walks.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
@@ -61,8 +61,7 @@ class ParsedMail:
 
     def header(self, name: str) -> str:
         """A header's decoded value ("" when absent)."""
-        value = self.message.get(name)
-        return decode_words(str(value)) if value is not None else ""
+        return header_text(self.message, name)
 
 
 def message_ids(value: str) -> list[str]:
@@ -94,8 +93,9 @@ def derived_message_id(raw: bytes, domain: str) -> str:
 
 
 def _addresses(values: list[str]) -> list[str]:
+    """Normalised addresses of decoded header values (`header_values`), without repeats."""
     result = []
-    for _, addr in getaddresses([_storable(decode_words(v)) for v in values]):
+    for _, addr in getaddresses([_storable(v) for v in values]):
         normal = normalise_address(addr)
         if normal and normal not in result:
             result.append(normal)
@@ -159,6 +159,11 @@ def _bodies(parsed: mailparser.MailParser) -> tuple[str, str]:
         texts, htmls = _own_parts(parsed.message)
     else:
         texts, htmls = parsed.text_plain, parsed.text_html
+    if not texts and not htmls and parsed.message.get_content_maintype() == "multipart" \
+            and not parsed.message.is_multipart():
+        # A multipart whose boundary is missing or never found: the parser leaves its body as
+        # one text (with a defect); mail-parser returns no part of it. Keep it as the text.
+        texts = [_decoded(parsed.message)]
     return ("\n".join(part for part in texts if part),
             "\n".join(part for part in htmls if part))
 
@@ -213,24 +218,24 @@ def parse(raw: bytes, *, received_at: datetime, domain: str) -> ParsedMail:
     else:
         message_id = derived_message_id(raw, domain)
         defects.append("no Message-ID: one was derived from the content")
-    from_name, from_addr = parseaddr(_storable(decode_words(str(message.get("From", "")))))
+    from_name, from_addr = parseaddr(_storable(header_text(message, "From")))
     from_address = normalise_address(from_addr) if from_addr else ""
     if not from_address:
         defects.append("no valid From address")
     # PostgreSQL text cannot hold NUL (SQLite can): drop it from every stored text value.
     text, html = _storable(text), _storable(html)
-    subject = _storable(str(message.get("Subject", "")))
+    subject = _storable(header_text(message, "Subject"))
     message_id, from_name = _storable(message_id), _storable(from_name)
     return ParsedMail(
         message=message,
         message_id=message_id,
         in_reply_to=(message_ids(_storable(str(message.get("In-Reply-To", "")))) or [""])[0],
         references=message_ids(_storable(str(message.get("References", ""))))[-50:],
-        subject=decode_words(subject)[:998],
+        subject=subject[:998],
         from_address=from_address,
         from_name=from_name.strip().strip('"')[:200],
-        to=_addresses(message.get_all("To", []) or []),
-        cc=_addresses(message.get_all("Cc", []) or []),
+        to=_addresses(header_values(message, "To")),
+        cc=_addresses(header_values(message, "Cc")),
         date=_date(message, received_at, defects),
         text=text,
         html=html,

@@ -145,9 +145,6 @@ def test_no_valid_from_is_recorded(value: str) -> None:
     assert "no valid From address" in mail.defects
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: raw UTF-8 headers (RFC 6532, accepted by the SMTP server with SMTPUTF8) are read "
-    "as U+FFFD: parse() takes str() of the compat32 Header object for From, Subject, To/Cc"))
 def test_raw_utf8_headers_are_decoded() -> None:
     raw = ("From: Zoë Martin <zoe@bücher.example>\n"
            "To: José <jose@münchen.de>\n"
@@ -159,11 +156,19 @@ def test_raw_utf8_headers_are_decoded() -> None:
     assert mail.to == ["jose@xn--mnchen-3ya.de"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: bridge/charsets.py decode_words() turns raw non-ASCII text next to an encoded "
-    "word into U+FFFD (email.header.decode_header re-encodes it as raw-unicode-escape)"))
 def test_encoded_words_next_to_non_ascii_text() -> None:
     assert decode_words("=?utf-8?q?R=C3=A9union?= à Paris") == "Réunion à Paris"
+
+
+def test_raw_latin1_headers_are_read_as_windows_1252() -> None:
+    """Old clients wrote 8-bit headers in their own charset without encoding them: bytes
+    that are not UTF-8 are read as Windows-1252 rather than lost."""
+    raw = (b"From: Ren\xe9 Dupont <rene@example.fr>\nSubject: R\xe9union \x96 budget\n"
+           b"Message-ID: <latin1@example.com>\n\nBonjour\n")
+    mail = parse(raw, received_at=NOW, domain=DOMAIN)
+    assert mail.subject == "Réunion – budget"
+    assert (mail.from_name, mail.from_address) == ("René Dupont", "rene@example.fr")
+    assert mail.header("Subject") == "Réunion – budget"
 
 
 # --- Date -----------------------------------------------------------------------------------
@@ -371,9 +376,6 @@ def test_missing_mime_boundary_is_recorded() -> None:
     assert mail.date == datetime(2004, 7, 11, 19, 9, 27, tzinfo=UTC)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: inbound/parse.py drops the whole body of a multipart whose boundary is missing or "
-    "never found (mail-parser returns no text part); extract then finds the message empty"))
 @pytest.mark.parametrize(("name", "words"), [("msg_41.txt", "Blah blah blah"),
                                              ("msg_31.txt", "message 1")])
 def test_body_of_a_multipart_without_its_boundary_is_kept_as_text(name: str,
