@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import operator
 import queue
 import re
 import threading
@@ -52,6 +53,9 @@ def _clean(value: str) -> str:
 
 
 def _printable(envelope: Envelope) -> Envelope:
+    if "\x00" not in "".join((envelope.mail_from, envelope.peer, envelope.helo,
+                               *envelope.rcpt_to)):
+        return envelope
     return Envelope(mail_from=_clean(envelope.mail_from),
                     rcpt_to=[_clean(r) for r in envelope.rcpt_to], source=envelope.source,
                     peer=_clean(envelope.peer), helo=_clean(envelope.helo))
@@ -88,19 +92,24 @@ class _InboxInsert:
             {name: bindparam(name) for name in self.columns}).compile(dialect=dialect)
         self.sql = str(compiled)
         self.order = list(compiled.positiontup or [])
-        processors = {name: _inbox.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                      for name in self.order}
-        self.processors = [(name, processors[name]) for name in self.order]
+        self.get = operator.itemgetter(*self.order) if self.bare else None
+        # (position, bind processor) of the columns that have one (dates, JSON, raw mail).
+        self.processors = [
+            (position, process) for position, name in enumerate(self.order)
+            if (process := _inbox.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            is not None]
 
     def __call__(self, connection: Connection, rows: list[dict[str, object]]) -> list[int]:
         if not self.bare:
             result = connection.execute(
                 insert(_inbox).returning(_inbox.c.id, sort_by_parameter_order=True), rows)
             return [int(inbox_id) for inbox_id in result.scalars()]
-        parameters = [tuple(value if process is None else process(value)
-                            for name, process in self.processors
-                            for value in (row.get(name),))
-                      for row in rows]
+        parameters = []
+        for row in rows:
+            values = list(self.get(row))  # type: ignore[misc]
+            for position, process in self.processors:
+                values[position] = process(values[position])
+            parameters.append(values)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(self.sql, parameters)
@@ -155,7 +164,7 @@ class InboxWriter:
             "rcpt_to": list(envelope.rcpt_to), "size": len(raw), "sha256": digest,
             "raw": raw if inline else None, "header_message_id": header_message_id(raw),
             "status": "pending", "kind": "", "reason": "", "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": now, "processed_at": None,
         }
 
     def write_rows(self, rows: list[dict[str, object]]) -> list[int]:
