@@ -124,9 +124,11 @@ class InboxRow:
     source: str
 
 
-# A worker process's processor and analyser, kept from one batch to the next (the analyser's
-# cache of stems above all), with the settings they were made for.
-_worker: tuple[Settings, Processor, Analyzer] | None = None
+@functools.lru_cache(maxsize=1)
+def _worker(settings: Settings) -> tuple[Processor, Analyzer]:
+    """A worker process's processor and analyser for `settings`, kept from one batch to the
+    next (the analyser's cache of stems above all)."""
+    return Processor(App(settings), fan_out=False, notify=False), Analyzer()
 
 
 def prepare_rows(settings: Settings, rows: list[InboxRow]) -> list[Prepared]:
@@ -135,10 +137,7 @@ def prepare_rows(settings: Settings, rows: list[InboxRow]) -> list[Prepared]:
 
     What goes back leaves out the rows (and so the raw bytes), which the writing process has:
     `_attach` puts them back."""
-    global _worker
-    if _worker is None or _worker[0] != settings:
-        _worker = (settings, Processor(App(settings), fan_out=False, notify=False), Analyzer())
-    _, processor, analyzer = _worker
+    processor, analyzer = _worker(settings)
     prepared = [processor.prepare(row) for row in rows]  # type: ignore[arg-type]
     # The search index terms too, when the message's language is known (else the
     # community's decides, at the commit): the writing process has the least time to spare.

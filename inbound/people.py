@@ -66,7 +66,6 @@ def person_row(name: str, organisation_id: int | None, now: datetime) -> dict[st
             "own_copies": False, "created_at": now}
 
 
-
 def person_addresses(connection: Connection, person_id: int) -> set[str]:
     return set(connection.execute(select(_address.c.email).where(
         _address.c.person_id == person_id)).scalars())

@@ -53,9 +53,6 @@ def _clean(value: str) -> str:
 
 
 def _printable(envelope: Envelope) -> Envelope:
-    if "\x00" not in "".join((envelope.mail_from, envelope.peer, envelope.helo,
-                               *envelope.rcpt_to)):
-        return envelope
     return Envelope(mail_from=_clean(envelope.mail_from),
                     rcpt_to=[_clean(r) for r in envelope.rcpt_to], source=envelope.source,
                     peer=_clean(envelope.peer), helo=_clean(envelope.helo))
@@ -87,9 +84,9 @@ class _InboxInsert:
 
     def __init__(self, dialect: Dialect) -> None:
         self.bare = dialect.name == "sqlite"
-        self.columns = [column.name for column in _inbox.columns if column.name != "id"]
         compiled = insert(_inbox).values(
-            {name: bindparam(name) for name in self.columns}).compile(dialect=dialect)
+            {column.name: bindparam(column.name) for column in _inbox.columns
+             if column.name != "id"}).compile(dialect=dialect)
         self.sql = str(compiled)
         self.order = list(compiled.positiontup or [])
         self.get = operator.itemgetter(*self.order) if self.bare else None

@@ -45,8 +45,8 @@ from html import escape as html_escape
 from bridge.charsets import (
     content_charset,
     decode_text,
-    decode_words,
     mime_payload,
+    readable_header,
     text_codec,
 )
 from bridge.i18n import Catalogues, normalise_language
@@ -238,9 +238,8 @@ def split_raw(raw: bytes) -> tuple[bytes, bytes]:
 
 def decoded_header(value: bytes) -> str:
     """A header's value, RFC 2047 decoded, unfolded, on one line."""
-    text = value.decode("utf-8", "surrogateescape").split(":", 1)[-1]
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return clean_text(decode_words(text))
+    return clean_text(readable_header(value.decode("utf-8", "surrogateescape")
+                                      .split(":", 1)[-1]))
 
 
 # --- subjects ----------------------------------------------------------------------------------
